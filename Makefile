@@ -1,0 +1,24 @@
+# The two front-door commands: `make test` and `make demo`.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+.PHONY: setup test test-slow demo bench
+setup: .venv/.installed
+
+test: .venv/.installed
+	$(PY) -m pytest -q
+
+test-slow: .venv/.installed
+	$(PY) -m pytest -q -m slow
+
+demo: .venv/.installed
+	.venv/bin/ddpm-jax demo
+
+bench: .venv/.installed
+	$(PY) bench/sampling.py

@@ -1,0 +1,90 @@
+"""Every quantity derived from the betas (facts §1), computed once in float64.
+
+`Coefficients` is a frozen pytree of float32 arrays of length T, so it can be
+passed to jitted functions as an argument rather than baked in as constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import DiffusionConfig
+from .schedule import get_beta_schedule
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class Coefficients:
+    """Per-timestep tables, float32, each of shape (T,). Index t is 0-based."""
+
+    betas: jax.Array
+    alphas: jax.Array
+    alphas_cumprod: jax.Array
+    alphas_cumprod_prev: jax.Array
+    sqrt_alphas: jax.Array  # forward step, q(x_{t+1} | x_t)
+    sqrt_betas: jax.Array
+    sqrt_alphas_cumprod: jax.Array  # closed form, eq. (4)
+    sqrt_one_minus_alphas_cumprod: jax.Array
+    sqrt_recip_alphas_cumprod: jax.Array  # x_0 from eps, eq. (15)
+    sqrt_recipm1_alphas_cumprod: jax.Array
+    posterior_variance: jax.Array  # beta tilde, eq. (7)
+    posterior_mean_coef1: jax.Array
+    posterior_mean_coef2: jax.Array
+    model_log_variance: jax.Array  # log sigma_t^2 of the reverse step
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.betas.shape[0])
+
+
+def coefficients_float64(config: DiffusionConfig) -> dict[str, np.ndarray]:
+    """All tables of `Coefficients` in float64 numpy (the reference precision)."""
+    betas = get_beta_schedule(
+        config.beta_schedule,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        num_diffusion_timesteps=config.num_diffusion_timesteps,
+    )
+    alphas = 1.0 - betas
+    abar = np.cumprod(alphas)
+    abar_prev = np.append(1.0, abar[:-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Where abar == 0 (the jsd schedule's last step) x_t holds no trace of
+        # x_0; predicting x_0 = 0 there beats dividing by zero.
+        recip = np.where(abar > 0, 1.0 / abar, 0.0)
+        recipm1 = np.where(abar > 0, 1.0 / abar - 1.0, 0.0)
+    posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
+    if config.model_var_type == "fixedlarge":
+        # sigma^2 = beta, with the t = 0 entry borrowed from beta tilde_1.
+        log_var = np.log(np.append(posterior_variance[1], betas[1:]))
+    else:
+        log_var = np.log(np.maximum(posterior_variance, 1e-20))
+    return dict(
+        betas=betas,
+        alphas=alphas,
+        alphas_cumprod=abar,
+        alphas_cumprod_prev=abar_prev,
+        sqrt_alphas=np.sqrt(alphas),
+        sqrt_betas=np.sqrt(betas),
+        sqrt_alphas_cumprod=np.sqrt(abar),
+        sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - abar),
+        sqrt_recip_alphas_cumprod=np.sqrt(recip),
+        sqrt_recipm1_alphas_cumprod=np.sqrt(recipm1),
+        posterior_variance=posterior_variance,
+        posterior_mean_coef1=betas * np.sqrt(abar_prev) / (1.0 - abar),
+        posterior_mean_coef2=(1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
+        model_log_variance=log_var,
+    )
+
+
+def make_coefficients(config: DiffusionConfig) -> Coefficients:
+    """The float64 tables cast once to float32."""
+    tables = coefficients_float64(config)
+    return Coefficients(
+        **{f.name: jnp.asarray(tables[f.name], jnp.float32) for f in dataclasses.fields(Coefficients)}
+    )

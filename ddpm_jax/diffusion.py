@@ -1,0 +1,61 @@
+"""Pure step functions of the forward and reverse processes (Ho et al. 2020).
+
+Arrays: x, noise and eps are NHWC float32 with images in [-1, 1]; t is int32 of
+shape (n,), one 0-based timestep per sample; `coeffs` is a `Coefficients`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .coefficients import Coefficients
+
+
+def _at(table: jax.Array, t: jax.Array) -> jax.Array:
+    """table[t] shaped (n, 1, 1, 1) to broadcast over NHWC."""
+    return table[t][:, None, None, None]
+
+
+def q_sample(x0, t, noise, coeffs: Coefficients):
+    """x_t ~ q(x_t | x_0), eq. (4): sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+    return (
+        _at(coeffs.sqrt_alphas_cumprod, t) * x0
+        + _at(coeffs.sqrt_one_minus_alphas_cumprod, t) * noise
+    )
+
+
+def diffusion_step(x, t, noise, coeffs: Coefficients):
+    """One forward step q(x_{t+1} | x_t), eq. (2), with beta at index t.
+
+    `x` has had t forward steps; the result has had t + 1 (the port's indexing).
+    """
+    return _at(coeffs.sqrt_alphas, t) * x + _at(coeffs.sqrt_betas, t) * noise
+
+
+def predict_x0(eps, x, t, coeffs: Coefficients):
+    """x_0 implied by eps, inverting eq. (4): sqrt(1/abar) x_t - sqrt(1/abar - 1) eps."""
+    return (
+        _at(coeffs.sqrt_recip_alphas_cumprod, t) * x
+        - _at(coeffs.sqrt_recipm1_alphas_cumprod, t) * eps
+    )
+
+
+def q_posterior_mean(x0, x, t, coeffs: Coefficients):
+    """Mean of q(x_{t-1} | x_t, x_0), eq. (7)."""
+    return _at(coeffs.posterior_mean_coef1, t) * x0 + _at(coeffs.posterior_mean_coef2, t) * x
+
+
+def denoising_step(eps, x, t, noise, coeffs: Coefficients, clip=True):
+    """One reverse step p(x_{t-1} | x_t) given the model's eps (Alg. 2 line 4).
+
+    Computed as the release does: x_0 from eps (clipped to [-1, 1] when `clip`),
+    then the posterior mean of eq. (7), which equals eq. (11) unclipped.
+    No noise is added where t == 0. Returns (x_{t-1}, predicted x_0).
+    """
+    pred_x0 = predict_x0(eps, x, t, coeffs)
+    if clip:
+        pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+    mean = q_posterior_mean(pred_x0, x, t, coeffs)
+    sigma = jnp.where(t > 0, jnp.exp(0.5 * coeffs.model_log_variance[t]), 0.0)
+    return mean + sigma[:, None, None, None] * noise, pred_x0

@@ -1,0 +1,178 @@
+"""`Diffusion`: a model and its process, with denoise/diffuse from any step.
+
+In the spirit of pesser/pytorch_diffusion's object: `curr_step` counts the
+forward steps x has had (T for pure noise x_T, 0 for a clean image).
+"""
+
+from __future__ import annotations
+
+import operator
+from functools import partial
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import images
+from .coefficients import make_coefficients
+from .config import DiffusionConfig, UNetConfig
+from .sampling import denoise_chunk, diffuse_chunk, initial_noise
+from .unet import UNet
+from .weights import check_params, flatten_params, save_weights
+
+Callback = Callable[[jax.Array, int, jax.Array], None]
+
+
+def as_key(key) -> jax.Array:
+    """None -> key(0); an int seed -> key(seed); a PRNG key passes through."""
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(int(key))
+    return key
+
+
+def _check_int(name, value, lo, hi):
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={value} is out of range; expected {lo} <= {name} <= {hi}")
+    return value
+
+
+class Diffusion:
+    """A DDPM: UNet params plus the diffusion process they were trained with.
+
+    Sampling runs in jitted chunks of `chunk_size` steps (one compilation per
+    batch shape); callbacks and progress happen between chunks.
+    """
+
+    def __init__(self, diffusion_config: DiffusionConfig, unet_config: UNetConfig,
+                 params: dict, *, chunk_size: int = 10):
+        check_params(flatten_params(params), unet_config)
+        self.diffusion_config = diffusion_config
+        self.unet_config = unet_config
+        self.model = UNet(unet_config)
+        self.params = jax.tree.map(jnp.asarray, params)
+        self.coeffs = make_coefficients(diffusion_config)
+        self.num_timesteps = diffusion_config.num_diffusion_timesteps
+        self.chunk_size = _check_int("chunk_size", chunk_size, 1, 10**6)
+        eps_fn = lambda p, x, t: self.model.apply({"params": p}, x, t)  # noqa: E731
+        self._denoise_chunk = jax.jit(
+            partial(denoise_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip"
+        )
+        self._diffuse_chunk = jax.jit(partial(diffuse_chunk, chunk=self.chunk_size))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs) -> "Diffusion":
+        """A bundled model name or a ddpm_jax .safetensors path."""
+        from .pretrained import load_pretrained
+
+        dcfg, ucfg, params = load_pretrained(name_or_path)
+        return cls(dcfg, ucfg, params, **kwargs)
+
+    def save_pretrained(self, path):
+        """Write params and configs to one .safetensors file."""
+        save_weights(path, self.params, self.diffusion_config, self.unet_config)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c = self.unet_config
+        return (c.resolution, c.resolution, c.in_channels)
+
+    def _check_x(self, x, n):
+        want = (n, *self.image_shape)
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"x must be an array of shape {want} float32, got {type(x).__name__}")
+        if tuple(x.shape) != want:
+            raise ValueError(f"x has shape {tuple(x.shape)}; this model expects (n, H, W, C) = {want}")
+        if x.dtype != np.float32:
+            raise ValueError(f"x has dtype {x.dtype}; this model expects float32 (x.astype('float32'))")
+        return jnp.asarray(x)
+
+    def _ids(self, n, first_index):
+        n = _check_int("n", n, 1, 2**31 - 1)
+        first_index = _check_int("first_index", first_index, 0, 2**31 - 1 - n)
+        return n, jnp.arange(first_index, first_index + n, dtype=jnp.int32)
+
+    def denoise_steps(self, n, n_steps=None, x=None, curr_step=None, key=None, *,
+                      clip=True, first_index=0) -> Iterator[tuple[jax.Array, int, jax.Array]]:
+        """Validate, then iterate the reverse chain: yields (x, step, pred_x0) per chunk.
+
+        Starts from x (which has had `curr_step` forward steps) or, when x is
+        None, from fresh noise x_T. Runs t = curr_step-1 down to
+        curr_step-n_steps. Sample i is numbered first_index + i for its noise.
+        """
+        T = self.num_timesteps
+        n, ids = self._ids(n, first_index)
+        curr_step = _check_int("curr_step", T if curr_step is None else curr_step, 1, T)
+        n_steps = _check_int("n_steps", curr_step if n_steps is None else n_steps, 1, curr_step)
+        key = as_key(key)
+        if x is None:
+            if curr_step != T:
+                raise ValueError(f"x is required when curr_step={curr_step} < T={T}; fresh noise is x_T")
+            x = initial_noise(key, ids, self.image_shape)
+        else:
+            x = self._check_x(x, n)
+        return self._denoise_iter(x, curr_step, n_steps, key, ids, bool(clip))
+
+    def _denoise_iter(self, x, step, remaining, key, ids, clip):
+        pred_x0 = jnp.zeros_like(x)
+        while remaining > 0:
+            k = min(self.chunk_size, remaining)
+            x, pred_x0 = self._denoise_chunk(
+                self.params, self.coeffs, x, pred_x0, step, k, key, ids, clip=clip
+            )
+            step, remaining = step - k, remaining - k
+            yield x, step, pred_x0
+
+    def diffuse_steps(self, n, n_steps=None, x=None, curr_step=None, key=None, *,
+                      first_index=0) -> Iterator[tuple[jax.Array, int]]:
+        """Validate, then iterate the forward chain: yields (x, step) per chunk.
+
+        Runs t = curr_step up to curr_step+n_steps-1 (curr_step defaults to 0).
+        """
+        T = self.num_timesteps
+        n, ids = self._ids(n, first_index)
+        curr_step = _check_int("curr_step", 0 if curr_step is None else curr_step, 0, T - 1)
+        n_steps = _check_int("n_steps", T - curr_step if n_steps is None else n_steps, 1, T - curr_step)
+        if x is None:
+            raise ValueError("diffuse needs x: the images (n, H, W, C) float32 in [-1, 1] to noise")
+        x = self._check_x(x, n)
+        return self._diffuse_iter(x, curr_step, n_steps, as_key(key), ids)
+
+    def _diffuse_iter(self, x, step, remaining, key, ids):
+        while remaining > 0:
+            k = min(self.chunk_size, remaining)
+            x = self._diffuse_chunk(self.coeffs, x, step, k, key, ids)
+            step, remaining = step + k, remaining - k
+            yield x, step
+
+    def denoise(self, n, n_steps=None, x=None, curr_step=None, key=None,
+                callback: Callback | None = None, *, clip=True, first_index=0) -> jax.Array:
+        """Run the reverse chain (Alg. 2); callback(x, step, pred_x0) between chunks."""
+        for x, step, pred_x0 in self.denoise_steps(
+            n, n_steps, x, curr_step, key, clip=clip, first_index=first_index
+        ):
+            if callback is not None:
+                callback(x, step, pred_x0)
+        return x
+
+    def diffuse(self, n, n_steps=None, x=None, curr_step=None, key=None,
+                callback: Callback | None = None, *, first_index=0) -> jax.Array:
+        """Run the forward chain (eq. 2); callback(x, step, None) between chunks."""
+        for x, step in self.diffuse_steps(n, n_steps, x, curr_step, key, first_index=first_index):
+            if callback is not None:
+                callback(x, step, None)
+        return x
+
+    @staticmethod
+    def to_uint8(x, clip=False) -> np.ndarray:
+        return images.to_uint8(x, clip=clip)
+
+    def save(self, x, pattern="{:03}.png", start_idx=0):
+        """Save float images in [-1, 1] (clamped) as one PNG each."""
+        return images.save_images(self.to_uint8(x, clip=True), pattern, start_idx)

@@ -1,0 +1,127 @@
+"""Params on disk: safetensors with flattened keys, configs as JSON metadata.
+
+Nothing here unpickles: safetensors holds raw arrays and a string header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
+
+from .config import DiffusionConfig, UNetConfig, config_from_dict, config_to_dict
+from .unet import UNet
+
+FORMAT = "ddpm_jax.params/1"
+SEP = "/"
+
+
+def flatten_params(params: dict) -> dict[str, np.ndarray]:
+    """{'down_0': {'block_0': {'kernel': a}}} -> {'down_0/block_0/kernel': a}."""
+    flat = {}
+
+    def walk(prefix, node):
+        for k, v in node.items():
+            name = f"{prefix}{SEP}{k}" if prefix else k
+            if isinstance(v, dict):
+                walk(name, v)
+            else:
+                flat[name] = v
+
+    walk("", params)
+    return flat
+
+
+def unflatten_params(flat: dict) -> dict:
+    params: dict = {}
+    for name, value in flat.items():
+        node = params
+        *parents, leaf = name.split(SEP)
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return params
+
+
+def expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """Flattened param name -> shape for `config`, computed without allocating."""
+    x = jax.ShapeDtypeStruct((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    shapes = jax.eval_shape(UNet(config).init, jax.random.key(0), x, t)["params"]
+    return {k: tuple(v.shape) for k, v in flatten_params(shapes).items()}
+
+
+def check_params(flat: dict[str, tuple[int, ...]], config: UNetConfig, source: str = "params"):
+    """Raise ValueError naming missing, unexpected and mis-shaped keys.
+
+    `flat` maps flattened names to arrays.
+    """
+    want = expected_shapes(config)
+    got = {k: tuple(np.shape(v)) for k, v in flat.items()}
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    misshaped = [f"{k}: {got[k]} != {want[k]}" for k in sorted(set(want) & set(got)) if got[k] != want[k]]
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+        raise ValueError(
+            f"{source} do not fit the UNet config {config}: " + "; ".join(parts)
+        )
+
+
+def save_weights(path, params: dict, diffusion_config: DiffusionConfig, unet_config: UNetConfig):
+    """Write params and both configs to one .safetensors file, atomically."""
+    path = Path(path)
+    flat = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flatten_params(params).items()}
+    check_params(flat, unet_config)
+    meta = {
+        "format": FORMAT,
+        "diffusion_config": json.dumps(config_to_dict(diffusion_config)),
+        "unet_config": json.dumps(config_to_dict(unet_config)),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(path) -> tuple[DiffusionConfig, UNetConfig, dict]:
+    """Read a file written by `save_weights`; checks every key and shape."""
+    path = Path(path)
+    try:
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+        flat = load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}); "
+            "re-create it with `ddpm-jax convert` or Diffusion.save_pretrained"
+        ) from err
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is a safetensors file but not ddpm_jax params (metadata format "
+            f"{meta.get('format')!r}, expected {FORMAT!r}); a diffusers or PyTorch "
+            "checkpoint must go through `ddpm-jax convert` first"
+        )
+    try:
+        dcfg = config_from_dict(DiffusionConfig, json.loads(meta["diffusion_config"]))
+        ucfg = config_from_dict(UNetConfig, json.loads(meta["unet_config"]))
+    except (KeyError, json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{path} has unreadable config metadata: {err!r}") from err
+    check_params(flat, ucfg, source=str(path))
+    return dcfg, ucfg, unflatten_params(flat)

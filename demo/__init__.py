@@ -1,0 +1,1 @@
+"""The Gradio page for watching diffusion step by step."""
