@@ -1,0 +1,23 @@
+"""Shared fixtures: a tiny UNet and process so tests run in seconds on CPU."""
+
+import jax
+import pytest
+
+from ddpm_jax import Diffusion, DiffusionConfig, UNetConfig
+from ddpm_jax.unet import init_params
+
+TINY_UNET = UNetConfig(
+    resolution=8, in_channels=1, out_ch=1, ch=32, ch_mult=(1, 2),
+    num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
+)
+TINY_DIFFUSION = DiffusionConfig(num_diffusion_timesteps=40, model_var_type="fixedlarge")
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    return init_params(TINY_UNET, jax.random.key(1))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_params):
+    return Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, chunk_size=8)
