@@ -20,8 +20,15 @@ from .schedule import get_beta_schedule
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class Coefficients:
-    """Per-timestep tables, float32, each of shape (T,). Index t is 0-based."""
+    """Per-step tables of shape (S,): float32, but `timesteps` int32.
 
+    Index i is 0-based along the chain. For the full process S = T and
+    timesteps[i] = i; for a respaced one (Nichol & Dhariwal 2021, sec. 4) the
+    chain visits the model's timesteps[i] and the betas are re-derived from
+    abar at those steps, so every step function works on it unchanged.
+    """
+
+    timesteps: jax.Array  # the model's t at chain index i
     betas: jax.Array
     alphas: jax.Array
     alphas_cumprod: jax.Array
@@ -42,14 +49,31 @@ class Coefficients:
         return int(self.betas.shape[0])
 
 
-def coefficients_float64(config: DiffusionConfig) -> dict[str, np.ndarray]:
-    """All tables of `Coefficients` in float64 numpy (the reference precision)."""
-    betas = get_beta_schedule(
+def respaced_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
+    """`steps` model timesteps evenly spread over [0, T-1], ascending; T-1 always in."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps={steps} is out of range; expected 1 <= steps <= {num_timesteps}")
+    return np.floor(np.linspace(num_timesteps - 1, 0, steps)[::-1] + 0.5).astype(np.int64)
+
+
+def coefficients_float64(config: DiffusionConfig, steps: int | None = None) -> dict[str, np.ndarray]:
+    """All tables of `Coefficients` in float64 numpy (the reference precision).
+
+    With `steps` < T the chain is respaced: beta_i = 1 - abar[tau_i] / abar[tau_{i-1}].
+    """
+    full = get_beta_schedule(
         config.beta_schedule,
         beta_start=config.beta_start,
         beta_end=config.beta_end,
         num_diffusion_timesteps=config.num_diffusion_timesteps,
     )
+    T = len(full)
+    timesteps = respaced_timesteps(T, T if steps is None else steps)
+    if len(timesteps) == T:
+        betas = full
+    else:
+        abar_full = np.cumprod(1.0 - full)[timesteps]
+        betas = 1.0 - abar_full / np.append(1.0, abar_full[:-1])
     alphas = 1.0 - betas
     abar = np.cumprod(alphas)
     abar_prev = np.append(1.0, abar[:-1])
@@ -61,10 +85,11 @@ def coefficients_float64(config: DiffusionConfig) -> dict[str, np.ndarray]:
     posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
     if config.model_var_type == "fixedlarge":
         # sigma^2 = beta, with the t = 0 entry borrowed from beta tilde_1.
-        log_var = np.log(np.append(posterior_variance[1], betas[1:]))
+        log_var = np.log(np.append(posterior_variance[1:2], betas[1:]) if len(betas) > 1 else betas)
     else:
         log_var = np.log(np.maximum(posterior_variance, 1e-20))
     return dict(
+        timesteps=timesteps,
         betas=betas,
         alphas=alphas,
         alphas_cumprod=abar,
@@ -82,9 +107,12 @@ def coefficients_float64(config: DiffusionConfig) -> dict[str, np.ndarray]:
     )
 
 
-def make_coefficients(config: DiffusionConfig) -> Coefficients:
-    """The float64 tables cast once to float32."""
-    tables = coefficients_float64(config)
+def make_coefficients(config: DiffusionConfig, steps: int | None = None) -> Coefficients:
+    """The float64 tables cast once to float32 (timesteps to int32)."""
+    tables = coefficients_float64(config, steps)
     return Coefficients(
-        **{f.name: jnp.asarray(tables[f.name], jnp.float32) for f in dataclasses.fields(Coefficients)}
+        **{
+            f.name: jnp.asarray(tables[f.name], jnp.int32 if f.name == "timesteps" else jnp.float32)
+            for f in dataclasses.fields(Coefficients)
+        }
     )

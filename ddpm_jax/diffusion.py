@@ -59,3 +59,20 @@ def denoising_step(eps, x, t, noise, coeffs: Coefficients, clip=True):
     mean = q_posterior_mean(pred_x0, x, t, coeffs)
     sigma = jnp.where(t > 0, jnp.exp(0.5 * coeffs.model_log_variance[t]), 0.0)
     return mean + sigma[:, None, None, None] * noise, pred_x0
+
+
+def ddim_step(eps, x, t, noise, coeffs: Coefficients, clip=True, *, eta=0.0):
+    """One DDIM step from chain index t to t-1 (Song et al. 2021, eq. 12).
+
+    sigma = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev), eq. (16):
+    eta = 0 is deterministic, eta = 1 matches the DDPM posterior variance.
+    On a respaced `coeffs`, abar_prev is abar at the previous visited step.
+    Returns (x_{t-1}, predicted x_0).
+    """
+    abar, abar_prev = _at(coeffs.alphas_cumprod, t), _at(coeffs.alphas_cumprod_prev, t)
+    pred_x0 = predict_x0(eps, x, t, coeffs)
+    if clip:
+        pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+    sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
+    direction = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma**2, 0.0)) * eps
+    return jnp.sqrt(abar_prev) * pred_x0 + direction + sigma * noise, pred_x0

@@ -16,12 +16,14 @@ import numpy as np
 
 from . import images
 from .coefficients import make_coefficients
+from .diffusion import ddim_step, denoising_step
 from .config import DiffusionConfig, UNetConfig
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
 from .unet import UNet
 from .weights import check_params, flatten_params, save_weights
 
 Callback = Callable[[jax.Array, int, jax.Array], None]
+SAMPLERS = ("ddpm", "ddim")
 
 
 def as_key(key) -> jax.Array:
@@ -48,23 +50,42 @@ class Diffusion:
 
     Sampling runs in jitted chunks of `chunk_size` steps (one compilation per
     batch shape); callbacks and progress happen between chunks.
+
+    `steps` < T respaces the chain to that many of the model's timesteps,
+    evenly spread; `sampler` "ddpm" (Alg. 2 on the respaced process) or
+    "ddim" (eq. 12, `eta` 0 deterministic). `num_timesteps` is then `steps`,
+    and `curr_step` counts along the respaced chain.
     """
 
     def __init__(self, diffusion_config: DiffusionConfig, unet_config: UNetConfig,
-                 params: dict, *, chunk_size: int = 10):
+                 params: dict, *, chunk_size: int = 10, steps: int | None = None,
+                 sampler: str = "ddpm", eta: float = 0.0):
         check_params(flatten_params(params), unet_config)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         self.diffusion_config = diffusion_config
         self.unet_config = unet_config
         self.model = UNet(unet_config)
         self.params = jax.tree.map(jnp.asarray, params)
-        self.coeffs = make_coefficients(diffusion_config)
-        self.num_timesteps = diffusion_config.num_diffusion_timesteps
+        T = diffusion_config.num_diffusion_timesteps
+        steps = T if steps is None else _check_int("steps", steps, 1, T)
+        self.coeffs = make_coefficients(diffusion_config, steps)
+        self.num_timesteps = self.coeffs.num_timesteps
+        self.sampler, self.eta = sampler, float(eta)
         self.chunk_size = _check_int("chunk_size", chunk_size, 1, 10**6)
         eps_fn = lambda p, x, t: self.model.apply({"params": p}, x, t)  # noqa: E731
+        step_fn = denoising_step if sampler == "ddpm" else partial(ddim_step, eta=self.eta)
         self._denoise_chunk = jax.jit(
-            partial(denoise_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip"
+            partial(denoise_chunk, eps_fn, chunk=self.chunk_size, step_fn=step_fn),
+            static_argnames="clip",
         )
         self._diffuse_chunk = jax.jit(partial(diffuse_chunk, chunk=self.chunk_size))
+
+    def respaced(self, steps: int, sampler: str = "ddpm", eta: float = 0.0, **kwargs) -> "Diffusion":
+        """The same model sampling a chain of `steps` steps (strided DDPM or DDIM)."""
+        kwargs.setdefault("chunk_size", self.chunk_size)
+        return Diffusion(self.diffusion_config, self.unet_config, self.params,
+                         steps=steps, sampler=sampler, eta=eta, **kwargs)
 
     @classmethod
     def from_pretrained(cls, name_or_path, **kwargs) -> "Diffusion":

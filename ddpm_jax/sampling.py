@@ -40,11 +40,14 @@ def initial_noise(key, sample_ids, shape):
 
 
 def denoise_chunk(eps_fn: EpsFn, params, coeffs: Coefficients, x, pred_x0, start_step,
-                  n_valid, key, sample_ids, *, chunk: int, clip: bool = True):
+                  n_valid, key, sample_ids, *, chunk: int, clip: bool = True,
+                  step_fn=denoising_step):
     """Up to `chunk` reverse steps from x with `start_step` forward steps.
 
-    Iteration k runs t = start_step - 1 - k when k < n_valid and is skipped
-    (no model call) otherwise. Returns (x, pred_x0) after the last active step.
+    Iteration k runs chain index t = start_step - 1 - k (the model sees
+    coeffs.timesteps[t]) when k < n_valid and is skipped (no model call)
+    otherwise. `step_fn` is `denoising_step` or a `ddim_step` partial.
+    Returns (x, pred_x0) after the last active step.
     """
     stream = jax.random.fold_in(key, _DENOISE)
     n = x.shape[0]
@@ -52,9 +55,9 @@ def denoise_chunk(eps_fn: EpsFn, params, coeffs: Coefficients, x, pred_x0, start
     def step(carry, t):
         x, _ = carry
         tt = jnp.full((n,), t, jnp.int32)
-        eps = eps_fn(params, x, tt)
+        eps = eps_fn(params, x, coeffs.timesteps[tt])
         noise = _per_sample_normal(stream, sample_ids, t, x.shape[1:])
-        return denoising_step(eps, x, tt, noise, coeffs, clip=clip)
+        return step_fn(eps, x, tt, noise, coeffs, clip=clip)
 
     def body(carry, k):
         carry = jax.lax.cond(k < n_valid, step, lambda c, t: c, carry, start_step - 1 - k)

@@ -15,8 +15,27 @@ def test_float32_is_one_cast_of_float64():
     c32 = make_coefficients(CFG)
     for f in dataclasses.fields(Coefficients):
         a = np.asarray(getattr(c32, f.name))
-        assert a.dtype == np.float32 and a.shape == (1000,)
-        np.testing.assert_array_equal(a, c64[f.name].astype(np.float32))
+        want = np.int32 if f.name == "timesteps" else np.float32
+        assert a.dtype == want and a.shape == (1000,)
+        np.testing.assert_array_equal(a, c64[f.name].astype(want))
+    np.testing.assert_array_equal(c32.timesteps, np.arange(1000))
+
+
+@pytest.mark.parametrize("steps", [1, 10, 37, 999])
+def test_respaced_process_keeps_the_marginals(steps):
+    """Respacing keeps abar at the visited steps (so q(x_t | x_0) is unchanged)."""
+    full = coefficients_float64(CFG)
+    sub = coefficients_float64(CFG, steps)
+    tau = sub["timesteps"]
+    assert len(tau) == steps and tau[-1] == 999 and (steps == 1 or tau[0] == 0)
+    assert np.all(np.diff(tau) > 0)
+    np.testing.assert_allclose(sub["alphas_cumprod"], full["alphas_cumprod"][tau], rtol=1e-10)
+    np.testing.assert_allclose(sub["alphas_cumprod_prev"][1:], full["alphas_cumprod"][tau[:-1]], rtol=1e-10)
+
+
+def test_respacing_out_of_range():
+    with pytest.raises(ValueError, match="steps=1001 is out of range"):
+        coefficients_float64(CFG, 1001)
 
 
 def test_posterior_mean_eq7_equals_eq11_unclipped():

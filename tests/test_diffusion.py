@@ -88,3 +88,37 @@ def test_q_sample_is_the_composition_of_forward_steps():
     abar = float(coeffs.alphas_cumprod[299])
     assert abs(float(np.mean(x)) - 0.5 * abar**0.5) < 0.05
     assert abs(float(np.var(x)) - (1 - abar)) < 0.06
+
+
+def ref_ddim(eps, x, abar, abar_prev, z, eta):
+    """Song et al. 2021 eq. (12) with sigma of eq. (16), float64, x0 clipped."""
+    x0 = np.clip((x - np.sqrt(1 - abar) * eps) / np.sqrt(abar), -1, 1)
+    sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar)) * np.sqrt(1 - abar / abar_prev)
+    return np.sqrt(abar_prev) * x0 + np.sqrt(1 - abar_prev - sigma**2) * eps + sigma * z
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("steps", [10, 1000])
+def test_ddim_step_matches_formula(eta, steps):
+    from ddpm_jax.coefficients import coefficients_float64
+    from ddpm_jax.diffusion import ddim_step
+
+    eps, x, z = draws(seed=3)
+    cfg = DiffusionConfig()
+    c64 = coefficients_float64(cfg, steps)
+    coeffs = make_coefficients(cfg, steps)
+    t = np.array([0, 1, steps // 2, steps - 1], np.int32)
+    got, _ = ddim_step(eps.astype(np.float32), x.astype(np.float32), t, z.astype(np.float32), coeffs, eta=eta)
+    r = lambda a: a[t][:, None, None, None]  # noqa: E731
+    want = ref_ddim(eps, x, r(c64["alphas_cumprod"]), r(c64["alphas_cumprod_prev"]), z, eta)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=3e-5)
+
+
+def test_ddim_eta1_variance_is_the_ddpm_posterior_variance():
+    """With eta = 1, sigma^2 equals beta tilde of the (respaced) process, eq. (16)."""
+    from ddpm_jax.coefficients import coefficients_float64
+
+    c = coefficients_float64(DiffusionConfig(model_var_type="fixedsmall"), 50)
+    abar, prev = c["alphas_cumprod"], c["alphas_cumprod_prev"]
+    sigma2 = (1 - prev) / (1 - abar) * (1 - abar / prev)
+    np.testing.assert_allclose(sigma2, c["posterior_variance"], rtol=1e-10, atol=1e-15)

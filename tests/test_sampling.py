@@ -127,3 +127,30 @@ def test_diffuse_bad_input(tiny_model, kw, match):
         kw["x"] = np.zeros((2, 8, 8, 1), np.float32)
     with pytest.raises(ValueError, match=match):
         tiny_model.diffuse(2, key=0, **kw)
+
+
+def test_respaced_full_length_ddpm_is_the_plain_chain(tiny_model):
+    same = tiny_model.respaced(tiny_model.num_timesteps)
+    np.testing.assert_array_equal(same.denoise(2, key=5), tiny_model.denoise(2, key=5))
+
+
+def test_respaced_chains(tiny_model):
+    ddim = tiny_model.respaced(7, sampler="ddim", eta=0.0)
+    assert ddim.num_timesteps == 7
+    a = ddim.denoise(2, key=1)
+    b = ddim.denoise(2, key=2)
+    # eta = 0 is deterministic given x_T: only x_T differs between seeds.
+    start = np.asarray(jax.random.normal(jax.random.key(0), (2, 8, 8, 1)), np.float32)
+    np.testing.assert_array_equal(ddim.denoise(2, x=start, curr_step=7, key=1),
+                                  ddim.denoise(2, x=start, curr_step=7, key=2))
+    assert not np.allclose(a, b)
+    strided = tiny_model.respaced(7, sampler="ddpm")
+    c = strided.denoise(2, x=start, curr_step=7, key=1)
+    d = strided.denoise(2, x=start, curr_step=7, key=2)
+    assert not np.allclose(c, d) and np.all(np.isfinite(c))
+    # The model sees the original timesteps of the respaced chain.
+    np.testing.assert_array_equal(strided.coeffs.timesteps, [0, 7, 13, 20, 26, 33, 39])
+    with pytest.raises(ValueError, match="unknown sampler 'plms'"):
+        tiny_model.respaced(7, sampler="plms")
+    with pytest.raises(ValueError, match="steps=41 is out of range"):
+        tiny_model.respaced(41)
