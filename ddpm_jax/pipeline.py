@@ -24,6 +24,7 @@ from .weights import check_params, flatten_params, save_weights
 
 Callback = Callable[[jax.Array, int, jax.Array], None]
 SAMPLERS = ("ddpm", "ddim")
+DTYPES = ("float32", "bfloat16")
 
 
 def as_key(key) -> jax.Array:
@@ -59,21 +60,28 @@ class Diffusion:
 
     def __init__(self, diffusion_config: DiffusionConfig, unet_config: UNetConfig,
                  params: dict, *, chunk_size: int = 10, steps: int | None = None,
-                 sampler: str = "ddpm", eta: float = 0.0):
+                 sampler: str = "ddpm", eta: float = 0.0, dtype: str = "float32"):
         check_params(flatten_params(params), unet_config)
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"unsupported dtype {dtype!r}; valid: {', '.join(DTYPES)}")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         self.diffusion_config = diffusion_config
         self.unet_config = unet_config
         self.model = UNet(unet_config)
         self.params = jax.tree.map(jnp.asarray, params)
+        self.dtype = jnp.dtype(str(dtype))
+        # The UNet runs in `dtype` (params cast once); the step math stays float32.
+        self._run_params = jax.tree.map(lambda a: a.astype(self.dtype), self.params)
         T = diffusion_config.num_diffusion_timesteps
         steps = T if steps is None else _check_int("steps", steps, 1, T)
         self.coeffs = make_coefficients(diffusion_config, steps)
         self.num_timesteps = self.coeffs.num_timesteps
         self.sampler, self.eta = sampler, float(eta)
         self.chunk_size = _check_int("chunk_size", chunk_size, 1, 10**6)
-        eps_fn = lambda p, x, t: self.model.apply({"params": p}, x, t)  # noqa: E731
+        def eps_fn(p, x, t):
+            return self.model.apply({"params": p}, x.astype(self.dtype), t).astype(jnp.float32)
+
         step_fn = denoising_step if sampler == "ddpm" else partial(ddim_step, eta=self.eta)
         self._denoise_chunk = jax.jit(
             partial(denoise_chunk, eps_fn, chunk=self.chunk_size, step_fn=step_fn),
@@ -84,6 +92,7 @@ class Diffusion:
     def respaced(self, steps: int, sampler: str = "ddpm", eta: float = 0.0, **kwargs) -> "Diffusion":
         """The same model sampling a chain of `steps` steps (strided DDPM or DDIM)."""
         kwargs.setdefault("chunk_size", self.chunk_size)
+        kwargs.setdefault("dtype", str(self.dtype))
         return Diffusion(self.diffusion_config, self.unet_config, self.params,
                          steps=steps, sampler=sampler, eta=eta, **kwargs)
 
@@ -145,7 +154,7 @@ class Diffusion:
         while remaining > 0:
             k = min(self.chunk_size, remaining)
             x, pred_x0 = self._denoise_chunk(
-                self.params, self.coeffs, x, pred_x0, step, k, key, ids, clip=clip
+                self._run_params, self.coeffs, x, pred_x0, step, k, key, ids, clip=clip
             )
             step, remaining = step - k, remaining - k
             yield x, step, pred_x0

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from .config import UNetConfig
 
 
-def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
+def timestep_embedding(t: jax.Array, dim: int, dtype=jnp.float32) -> jax.Array:
     """Sinusoidal embedding of int t (n,) -> (n, dim), as in the release."""
     half = dim // 2
     freqs = jnp.exp(-math.log(10000.0) / (half - 1) * jnp.arange(half, dtype=jnp.float32))
@@ -25,7 +25,7 @@ def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
     emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
     if dim % 2:
         emb = jnp.pad(emb, ((0, 0), (0, 1)))
-    return emb
+    return emb.astype(dtype)
 
 
 def _norm(name: str) -> nn.GroupNorm:
@@ -85,8 +85,8 @@ class TimestepEmbed(nn.Module):
     ch: int
 
     @nn.compact
-    def __call__(self, t):
-        emb = nn.Dense(4 * self.ch, name="dense_0")(timestep_embedding(t, self.ch))
+    def __call__(self, t, dtype):
+        emb = nn.Dense(4 * self.ch, name="dense_0")(timestep_embedding(t, self.ch, dtype))
         return nn.Dense(4 * self.ch, name="dense_1")(nn.swish(emb))
 
 
@@ -146,7 +146,9 @@ class Mid(nn.Module):
 class UNet(nn.Module):
     """eps_theta(x_t, t): x NHWC float32 in [-1, 1], t int32 (n,) -> eps, NHWC.
 
-    Dropout is active only with `train=True` (needs a 'dropout' rng).
+    Dropout is active only with `train=True` (needs a 'dropout' rng). The
+    computation follows x's dtype: bfloat16 x with bfloat16 params runs in
+    bfloat16 throughout.
     """
 
     config: UNetConfig
@@ -154,7 +156,7 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, x, t, train: bool = False):
         cfg = self.config
-        temb = TimestepEmbed(cfg.ch, name="temb")(t)
+        temb = TimestepEmbed(cfg.ch, name="temb")(t, x.dtype)
         h = nn.Conv(cfg.ch, (3, 3), padding=((1, 1), (1, 1)), name="conv_in")(x)
         skips = [h]
         for i in range(len(cfg.ch_mult)):
