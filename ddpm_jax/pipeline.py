@@ -13,12 +13,14 @@ from typing import Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from . import images
 from .coefficients import make_coefficients
 from .diffusion import ddim_step, denoising_step
 from .config import DiffusionConfig, UNetConfig
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
+from .sharding import replicate, shard_batch
 from .unet import UNet
 from .weights import check_params, flatten_params, save_weights
 
@@ -52,6 +54,9 @@ class Diffusion:
     Sampling runs in jitted chunks of `chunk_size` steps (one compilation per
     batch shape); callbacks and progress happen between chunks.
 
+    With a `mesh` (see `sharding.data_mesh`) the batch is split over its
+    devices and the params replicated; n must be a multiple of its size.
+
     `steps` < T respaces the chain to that many of the model's timesteps,
     evenly spread; `sampler` "ddpm" (Alg. 2 on the respaced process) or
     "ddim" (eq. 12, `eta` 0 deterministic). `num_timesteps` is then `steps`,
@@ -60,7 +65,8 @@ class Diffusion:
 
     def __init__(self, diffusion_config: DiffusionConfig, unet_config: UNetConfig,
                  params: dict, *, chunk_size: int = 10, steps: int | None = None,
-                 sampler: str = "ddpm", eta: float = 0.0, dtype: str = "float32"):
+                 sampler: str = "ddpm", eta: float = 0.0, dtype: str = "float32",
+                 mesh: Mesh | None = None):
         check_params(flatten_params(params), unet_config)
         if str(dtype) not in DTYPES:
             raise ValueError(f"unsupported dtype {dtype!r}; valid: {', '.join(DTYPES)}")
@@ -73,6 +79,9 @@ class Diffusion:
         self.dtype = jnp.dtype(str(dtype))
         # The UNet runs in `dtype` (params cast once); the step math stays float32.
         self._run_params = jax.tree.map(lambda a: a.astype(self.dtype), self.params)
+        self.mesh = mesh
+        if mesh is not None:
+            self._run_params = replicate(self._run_params, mesh)
         T = diffusion_config.num_diffusion_timesteps
         steps = T if steps is None else _check_int("steps", steps, 1, T)
         self.coeffs = make_coefficients(diffusion_config, steps)
@@ -93,6 +102,7 @@ class Diffusion:
         """The same model sampling a chain of `steps` steps (strided DDPM or DDIM)."""
         kwargs.setdefault("chunk_size", self.chunk_size)
         kwargs.setdefault("dtype", str(self.dtype))
+        kwargs.setdefault("mesh", self.mesh)
         return Diffusion(self.diffusion_config, self.unet_config, self.params,
                          steps=steps, sampler=sampler, eta=eta, **kwargs)
 
@@ -126,7 +136,10 @@ class Diffusion:
     def _ids(self, n, first_index):
         n = _check_int("n", n, 1, 2**31 - 1)
         first_index = _check_int("first_index", first_index, 0, 2**31 - 1 - n)
-        return n, jnp.arange(first_index, first_index + n, dtype=jnp.int32)
+        return n, self._place(jnp.arange(first_index, first_index + n, dtype=jnp.int32))
+
+    def _place(self, batch):
+        return batch if self.mesh is None else shard_batch(batch, self.mesh)
 
     def denoise_steps(self, n, n_steps=None, x=None, curr_step=None, key=None, *,
                       clip=True, first_index=0) -> Iterator[tuple[jax.Array, int, jax.Array]]:
@@ -146,7 +159,7 @@ class Diffusion:
                 raise ValueError(f"x is required when curr_step={curr_step} < T={T}; fresh noise is x_T")
             x = initial_noise(key, ids, self.image_shape)
         else:
-            x = self._check_x(x, n)
+            x = self._place(self._check_x(x, n))
         return self._denoise_iter(x, curr_step, n_steps, key, ids, bool(clip))
 
     def _denoise_iter(self, x, step, remaining, key, ids, clip):
@@ -171,7 +184,7 @@ class Diffusion:
         n_steps = _check_int("n_steps", T - curr_step if n_steps is None else n_steps, 1, T - curr_step)
         if x is None:
             raise ValueError("diffuse needs x: the images (n, H, W, C) float32 in [-1, 1] to noise")
-        x = self._check_x(x, n)
+        x = self._place(self._check_x(x, n))
         return self._diffuse_iter(x, curr_step, n_steps, as_key(key), ids)
 
     def _diffuse_iter(self, x, step, remaining, key, ids):

@@ -1,0 +1,95 @@
+"""Sharded sampling: the same images on 1 or 4 devices and over 2 processes.
+
+Each case runs in a subprocess so that the forced device count
+(XLA_FLAGS=--xla_force_host_platform_device_count) stays out of this one.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm_jax import Diffusion
+
+FOUR = "--xla_force_host_platform_device_count=4"
+
+
+def _env(xla_flags=""):
+    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    return env
+
+
+def _cli(args, xla_flags=""):
+    return subprocess.Popen([sys.executable, "-m", "ddpm_jax.cli", "sample", *args], env=_env(xla_flags),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(proc, timeout=240):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _pngs(folder, n):
+    return np.stack([np.asarray(Image.open(folder / f"{i:05}.png"), np.int16) for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("scale") / "tiny.safetensors"
+    tiny_model.save_pretrained(path)
+    return path
+
+
+def test_mesh_of_four_devices_gives_the_same_samples(saved, tmp_path):
+    script = textwrap.dedent(f"""
+        import jax, numpy as np
+        from ddpm_jax import Diffusion
+        from ddpm_jax.sharding import data_mesh
+        assert jax.device_count() == 4
+        m = Diffusion.from_pretrained({str(saved)!r}, chunk_size=8, mesh=data_mesh())
+        x = m.denoise(8, n_steps=20, key=3)
+        assert len(x.sharding.device_set) == 4, x.sharding
+        x = m.denoise(8, x=x, curr_step=20, key=3)
+        try:
+            m.denoise(6, key=3)
+        except ValueError as err:
+            assert "multiple of 4" in str(err)
+        else:
+            raise AssertionError("a batch of 6 over 4 devices must be refused")
+        np.save({str(tmp_path / "four.npy")!r}, np.asarray(x))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = np.asarray(Diffusion.from_pretrained(saved, chunk_size=8).denoise(8, key=3))
+    np.testing.assert_allclose(np.load(tmp_path / "four.npy"), one, atol=1e-5)
+
+
+def test_cli_over_devices_and_processes_writes_the_same_images(saved, tmp_path):
+    common = ["--model", str(saved), "--n", "7", "--seed", "5", "--steps", "10"]
+    single = _cli([*common, "--batch", "7", "--out", str(tmp_path / "one")])
+    _wait(single)
+    # 4 devices, batches of 3 (padded to 4 on the devices, extras dropped).
+    _wait(_cli([*common, "--batch", "3", "--out", str(tmp_path / "four")], FOUR))
+    # Two processes over loopback, one device each, sharing the output folder.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        _cli([*common, "--batch", "2", "--out", str(tmp_path / "two"), "--coordinator", f"127.0.0.1:{port}",
+              "--num-processes", "2", "--process-id", str(i)])
+        for i in range(2)
+    ]
+    outs = [_wait(p) for p in procs]
+    assert "process 1 of 2" in outs[1]
+    want = _pngs(tmp_path / "one", 7)
+    for folder in ("four", "two"):
+        assert np.abs(_pngs(tmp_path / folder, 7) - want).max() <= 1, folder
+    assert not (tmp_path / "four" / "00007.png").exists()
