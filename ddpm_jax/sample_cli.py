@@ -87,6 +87,7 @@ def run(args) -> int:
     import jax
     from tqdm import tqdm
 
+    from .compile_cache import enable_compilation_cache
     from .images import save_grid
     from .pipeline import Diffusion, _check_int
     from .sharding import data_mesh, initialize_distributed
@@ -94,6 +95,7 @@ def run(args) -> int:
     n = _check_int("--n", args.n, 1, 10**9)
     batch = _check_int("--batch", args.batch, 1, 10**6)
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    enable_compilation_cache()
     rank, world = jax.process_index(), jax.process_count()
     mesh = data_mesh() if jax.local_device_count() > 1 else None
     model = Diffusion.from_pretrained(args.model, mesh=mesh)

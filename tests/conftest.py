@@ -1,10 +1,17 @@
 """Shared fixtures: a tiny UNet and process so tests run in seconds on CPU."""
 
+import os
+import tempfile
+
 import jax
 import pytest
 
 from ddpm_jax import Diffusion, DiffusionConfig, UNetConfig
 from ddpm_jax.unet import init_params
+
+# Downloads, converted params and compiled programs of the tests stay out of
+# the user's cache (tests that need their own cache override this).
+os.environ.setdefault("DDPM_JAX_CACHE", tempfile.mkdtemp(prefix="ddpm_jax_test_cache_"))
 
 TINY_UNET = UNetConfig(
     resolution=8, in_channels=1, out_ch=1, ch=32, ch_mult=(1, 2),
