@@ -5,9 +5,8 @@ Nothing here unpickles: safetensors holds raw arrays and a string header.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import jax
@@ -16,6 +15,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from .atomic import atomic_path
 from .config import DiffusionConfig, UNetConfig, config_from_dict, config_to_dict
 from .unet import UNet
 
@@ -50,8 +50,9 @@ def unflatten_params(flat: dict) -> dict:
     return params
 
 
+@functools.lru_cache(maxsize=16)
 def expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
-    """Flattened param name -> shape for `config`, computed without allocating."""
+    """Flattened param name -> shape for `config`, computed without allocating (cached)."""
     x = jax.ShapeDtypeStruct((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.int32)
     shapes = jax.eval_shape(UNet(config).init, jax.random.key(0), x, t)["params"]
@@ -69,14 +70,20 @@ def check_params(flat: dict[str, tuple[int, ...]], config: UNetConfig, source: s
     unexpected = sorted(set(got) - set(want))
     misshaped = [f"{k}: {got[k]} != {want[k]}" for k in sorted(set(want) & set(got)) if got[k] != want[k]]
     if missing or unexpected or misshaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
         raise ValueError(
-            f"{source} do not fit the UNet config {config}: " + "; ".join(parts)
+            f"{source} do not fit the UNet config {config}: "
+            + mismatch_summary(missing, unexpected, misshaped)
         )
+
+
+def mismatch_summary(missing, unexpected, misshaped, shown: int = 5) -> str:
+    """'2 missing: a, b; 1 mis-shaped: c: (1,) != (2,)', the first `shown` of each."""
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:shown])}{more}")
+    return "; ".join(parts)
 
 
 def save_weights(path, params: dict, diffusion_config: DiffusionConfig, unet_config: UNetConfig):
@@ -89,15 +96,8 @@ def save_weights(path, params: dict, diffusion_config: DiffusionConfig, unet_con
         "diffusion_config": json.dumps(config_to_dict(diffusion_config)),
         "unet_config": json.dumps(config_to_dict(unet_config)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(flat, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_weights(path) -> tuple[DiffusionConfig, UNetConfig, dict]:

@@ -1,0 +1,151 @@
+"""Shared by the converter, registry and parity tests: random PyTorch peers.
+
+`diffusers_to_port` renames a diffusers state_dict into the port's keys with
+plain string edits, written apart from the converter's tables so that the two
+tables are each checked against a real PyTorch model.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ddpm_jax.config import UNetConfig
+from ddpm_jax.weights import expected_shapes, unflatten_params
+
+# Three levels, attention at the middle one only, nin_shortcuts, both resamplers.
+TINY = UNetConfig(resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2,
+                  attn_resolutions=(8,), dropout=0.0)
+
+
+def random_diffusers_unet(config: UNetConfig, seed: int = 0):
+    """A UNet2DModel for `config` with every parameter random (none left at 0 or 1).
+
+    Weights ~ N(0, 1/fan_in); GroupNorm scales 1 + N(0, 0.3^2); every bias N(0, 0.3^2).
+    """
+    import torch
+    from diffusers import UNet2DModel
+
+    from ddpm_jax.convert.diffusers_format import unet_config_to_diffusers
+
+    torch.manual_seed(seed)
+    model = UNet2DModel(**unet_config_to_diffusers(config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and name.endswith("weight"):  # GroupNorm scale
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif p.ndim == 1:
+                p.copy_(0.3 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / np.sqrt(np.prod(p.shape[1:])))
+    return model
+
+
+def numpy_state_dict(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+_MID = {("resnets", "0"): "mid.block_1", ("attentions", "0"): "mid.attn_1", ("resnets", "1"): "mid.block_2"}
+_ATTN_1X1 = ((".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."), (".to_out.0.", ".proj_out."))
+
+
+def diffusers_to_port(state: dict[str, np.ndarray], levels: int) -> dict[str, np.ndarray]:
+    """A UNet2DModel state_dict -> the pesser/pytorch_diffusion state_dict of the same net."""
+    out = {}
+    for key, value in state.items():
+        k = key.replace("time_embedding.linear_1", "temb.dense.0").replace("time_embedding.linear_2", "temb.dense.1")
+        k = k.replace("conv_norm_out", "norm_out")
+        m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.*)", k)
+        if m:
+            side, b, part, j, rest = m.groups()
+            level = int(b) if side == "down" else levels - 1 - int(b)
+            k = {
+                "resnets": f"{side}.{level}.block.{j}.{rest}",
+                "attentions": f"{side}.{level}.attn.{j}.{rest}",
+                "downsamplers": f"down.{level}.downsample.{rest}",
+                "upsamplers": f"up.{level}.upsample.{rest}",
+            }[part]
+        m = re.match(r"mid_block\.(resnets|attentions)\.(\d)\.(.*)", k)
+        if m:
+            k = f"{_MID[m[1], m[2]]}.{m[3]}"
+        k = k.replace(".time_emb_proj.", ".temb_proj.").replace(".conv_shortcut.", ".nin_shortcut.")
+        k = k.replace(".group_norm.", ".norm.")
+        for new, old in _ATTN_1X1:
+            if new in k:
+                k = k.replace(new, old)
+                if value.ndim == 2:  # diffusers' Linear -> the port's 1x1 Conv2d
+                    value = value[:, :, None, None]
+        out[k] = value
+    return out
+
+
+def random_params(config: UNetConfig, seed: int = 0) -> dict:
+    """Random float32 params of the right shapes, without running Flax's init."""
+    rng = np.random.default_rng(seed)
+    flat = {k: rng.standard_normal(s, dtype=np.float32) for k, s in expected_shapes(config).items()}
+    return unflatten_params(flat)
+
+
+def zero_state_dict(shapes: dict) -> dict:
+    """Shape-only stand-ins (no memory) for strictness checks of large configs."""
+    return {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
+
+
+class CheckpointServer:
+    """An HTTP server on 127.0.0.1 serving `files` (path -> bytes), made by a test.
+
+    `plan[path]` is a list of behaviours used up one per request, then "ok":
+    "ok", "slow" (the body in pieces over ~0.5 s), "truncate" (half the
+    announced body, then the connection closes), "corrupt" (other bytes of the
+    same length), "500". `requests[path]` counts GETs.
+    """
+
+    def __init__(self, files: dict[str, bytes]):
+        import collections
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.files, self.plan, self.requests = files, {}, collections.Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests[self.path] += 1
+                body = server.files.get(self.path)
+                steps = server.plan.get(self.path, [])
+                how = steps.pop(0) if steps else "ok"
+                if body is None or how == "500":
+                    self.send_error(404 if body is None else 500)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if how == "truncate":
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                elif how == "corrupt":
+                    self.wfile.write(bytes(b ^ 0xFF for b in body))
+                elif how == "slow":
+                    import time
+
+                    for i in range(10):
+                        self.wfile.write(body[i * len(body) // 10:(i + 1) * len(body) // 10])
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                else:
+                    self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
