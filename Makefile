@@ -8,10 +8,18 @@ PIP := .venv/bin/pip
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
+# The browser test drives Debian's Chromium (Playwright cannot download its own
+# here); installed only when missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 .PHONY: setup test test-slow demo bench
 setup: .venv/.installed
 
-test: .venv/.installed
+test: .venv/.installed $(CHROMIUM)
 	$(PY) -m pytest -q
 
 test-slow: .venv/.installed

@@ -13,6 +13,9 @@ import sys
 
 COMMANDS = {
     "sample": ("ddpm_jax.sample_cli", "denoise fresh noise into PNG images"),
+    "train": ("ddpm_jax.train_cli", "train a DDPM with optax, checkpointed and resumable"),
+    "demo": ("ddpm_jax.demo.cli", "serve the Gradio page to watch diffusion live"),
+    "convert": ("ddpm_jax.convert.cli", "convert PyTorch/diffusers checkpoints to ddpm_jax params (and back)"),
 }
 
 

@@ -1,0 +1,393 @@
+"""The Gradio page: watch a DDPM denoise (Alg. 2) and diffuse (eq. 2) live.
+
+`Demo` holds the handlers (plain methods, testable without a server);
+`build_app` lays out the page and names the API endpoints; `launch` serves
+it. Models are shared (`Models`); each tab has its own `Session`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_jax.pipeline import as_key
+from ddpm_jax.sampling import initial_noise
+
+from . import render
+from .models import Models, ModelUnavailable
+from .state import Session, parse_int
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 16
+MAX_BRANCHES = 8
+GIF_MAX_SIDE = 512
+WARN = "⚠️ "
+
+CSS = """
+#xt img, #branches img { image-rendering: pixelated; }
+.ddpm-bar { height: 10px; border-radius: 5px; background: var(--neutral-200); overflow: hidden; }
+.ddpm-bar > div { height: 100%; background: var(--color-accent); transition: width 80ms linear; }
+.ddpm-bar-text { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+"""
+
+
+class Demo:
+    """The page's handlers. Each takes the tab's `Session` first.
+
+    Chains run as generators: after every chunk the session is updated
+    (under its lock, if the chain still owns it), and at most one view every
+    `min_interval` seconds (plus the last) goes to the page, so rendering
+    never falls behind the computation.
+    """
+
+    def __init__(self, models: Models, default: str, *, min_interval: float = 0.1, workdir=None):
+        self.models = models
+        self.default = models.add(default)
+        self.min_interval = min_interval
+        self._workdir = Path(workdir) if workdir else None
+
+    def _out(self, name: str) -> Path:
+        """A fresh path for a download (in a temporary folder made on first use)."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="ddpm_jax_demo_"))
+        return self._workdir / f"{name}_{uuid.uuid4().hex[:8]}"
+
+    # -- views ------------------------------------------------------------
+
+    def _model(self, session: Session):
+        return self.models.get(session.choice, session.ema)
+
+    def _frame(self, model, x) -> np.ndarray:
+        """Display image: the grid upscaled (nearest) for small models."""
+        img = render.grid(np.asarray(x))
+        return render.for_display(render.upscale(img, render.display_scale(model.image_shape[0])))
+
+    def _plot(self, model, step: int) -> np.ndarray:
+        return render.schedule_plot(np.asarray(model.coeffs.alphas_cumprod), step)
+
+    def _view(self, session: Session, show_x0: bool, status: str):
+        """(image, step, status, plot) of the session as it stands."""
+        with session.lock:
+            x, pred, step = session.x, session.pred_x0, session.step
+            choice, ema = session.choice, session.ema
+        if x is None:
+            return None, None, status, None
+        model = self.models.get(choice, ema)
+        shown = pred if show_x0 and pred is not None else x
+        return self._frame(model, shown), step, status, self._plot(model, step)
+
+    def _ensure(self, session: Session):
+        """The session's model; a tab that never pressed Reset (an API client) gets the default."""
+        if session.x is None:
+            self._reset(session, self.default, False, 0, 1)
+        return self._model(session)
+
+    def _reset(self, session, choice, ema, seed, batch):
+        seed = parse_int(seed, "seed", 0, 2**31 - 1)
+        n = parse_int(batch, "batch size", 1, MAX_BATCH)
+        model = self.models.get(choice, bool(ema))
+        x = initial_noise(as_key(seed), jnp.arange(n, dtype=jnp.int32), model.image_shape)
+        with session.lock:
+            session.generation += 1  # ends a running chain
+            session.choice, session.ema, session.seed = choice, bool(ema), seed
+            session.x, session.step, session.pred_x0 = x, model.num_timesteps, None
+            session.trajectory.clear()
+            session.trajectory.add(render.grid(np.asarray(x)))
+        return model
+
+    # -- handlers -----------------------------------------------------------
+
+    def reset(self, session: Session, choice, ema, seed, batch):
+        """Fresh x_T from the seed: yields (image, step, status, plot, model, ema).
+
+        A model not loaded yet is fetched/converted/compiled first, which can
+        take a while: the page says so meanwhile.
+        """
+        if choice in self.models.choices and not self.models.is_loaded(choice, ema):
+            label = f"{choice}{' (EMA)' if ema else ''}"
+            yield *self._view(session, False, f"loading {label} (first use: fetch, convert, compile)…"), \
+                gr.skip(), gr.skip()
+        try:
+            model = self._reset(session, choice, ema, seed, batch)
+        except (ValueError, ModelUnavailable) as err:
+            status = WARN + str(err)
+            if session.x is not None:
+                status += f" (still on {session.choice})"
+            yield *self._view(session, False, status), session.choice or choice, session.ema
+            return
+        T = model.num_timesteps
+        status = f"{choice}{' (EMA)' if session.ema else ''}: fresh x_T, step {T} of T={T}"
+        yield *self._view(session, False, status), session.choice, session.ema
+
+    def view(self, session: Session, show_x0):
+        """The session re-shown (x_t or predicted x_0); the status line stays."""
+        image, step, _, plot = self._view(session, bool(show_x0), "")
+        return image, step, gr.skip(), plot
+
+    def stop(self, session: Session, show_x0):
+        with session.lock:
+            session.generation += 1
+            step = session.step
+        return self._view(session, bool(show_x0), f"stopped at step {step}")
+
+    def _drive(self, session, gen, chunks, start, target, commit, render_fn, desc, superseded=None):
+        """Run `chunks` while chain `gen` owns the session; yield throttled views.
+
+        After each chunk (blocked on, so a Stop lands within one chunk) the
+        chain's state is committed; a view is yielded for the first chunk,
+        then whenever `min_interval` has passed since the last one, and at the end,
+        each followed by a progress bar. A chain that loses the session ends
+        with `superseded()`, if given: the session as it now is, so the page
+        never keeps showing a stale chain.
+        """
+        total, last = abs(target - start), -float("inf")
+        for item in chunks:
+            item[0].block_until_ready()
+            step = item[1]
+            due = step == target or time.monotonic() - last >= self.min_interval
+            with session.lock:
+                owner = session.generation == gen
+                if owner:
+                    commit(item, due)
+            if not owner:  # Stop, Reset or a newer chain took over
+                log.info("%s ended: superseded at step %d", desc, session.step)
+                if superseded is not None:
+                    yield *superseded(), gr.skip()
+                return
+            if due:
+                yield *render_fn(item, step == target), render.progress_bar(abs(step - start), total, desc)
+                last = time.monotonic()
+
+    def _main_chain(self, session, gen, model, chunks, start, target, show_x0, verb):
+        def commit(item, due):
+            session.x, session.step = item[0], item[1]
+            session.pred_x0 = item[2] if len(item) > 2 else None
+            if due:
+                session.trajectory.add(render.grid(np.asarray(item[0])))
+
+        def view(item, done):
+            x, step = item[0], item[1]
+            shown = item[2] if show_x0 and len(item) > 2 else x
+            status = (f"{verb}d {abs(step - start)} steps: now at step {step}" if done
+                      else f"{verb[:-1]}ing: step {step} (target {target})")
+            return self._frame(model, shown), step, status, self._plot(model, step)
+
+        def now():  # the session as the chain that took over left it; its status stays
+            image, step, _, plot = self._view(session, show_x0, "")
+            return image, step, gr.skip(), plot
+
+        if self.models.first_run(model, verb, session.n):
+            note = f"compiling {verb} for batch size {session.n} (first use of this size on this server)…"
+            yield *self._view(session, show_x0, note), render.progress_bar(0, abs(target - start), note)
+
+        yield from self._drive(session, gen, chunks, start, target, commit, view, verb[:-1] + "ing",
+                               superseded=now)
+
+    def denoise(self, session: Session, steps, show_x0, clip):
+        """Reverse steps from the current x_t (Alg. 2), streamed."""
+        try:
+            model = self._ensure(session)
+            with session.lock:
+                k = parse_int(steps, "steps", 1, model.num_timesteps)
+                start = session.step
+                if start == 0:
+                    raise ValueError("nothing to denoise at step 0 (a clean image): Diffuse or Reset first")
+                if k > start:
+                    raise ValueError(f"steps={k} is more than the {start} steps left to denoise")
+                chunks = model.denoise_steps(session.n, k, x=session.x, curr_step=start,
+                                             key=session.seed, clip=bool(clip))
+                session.generation += 1
+                gen = session.generation
+        except (ValueError, ModelUnavailable) as err:
+            yield *self._view(session, bool(show_x0), WARN + str(err)), gr.skip()
+            return
+        yield from self._main_chain(session, gen, model, chunks, start, start - k,
+                                    bool(show_x0), "denoise")
+
+    def diffuse(self, session: Session, steps, show_x0):
+        """Forward steps q(x_t | x_{t-1}) from the current x (eq. 2), streamed."""
+        try:
+            model = self._ensure(session)
+            T = model.num_timesteps
+            with session.lock:
+                k = parse_int(steps, "steps", 1, T)
+                start = session.step
+                if start == T:
+                    raise ValueError(f"nothing to diffuse at step T={T} (pure noise): Denoise or Reset first")
+                if k > T - start:
+                    raise ValueError(f"steps={k} is more than the {T - start} steps left before T={T}")
+                chunks = model.diffuse_steps(session.n, k, x=session.x, curr_step=start, key=session.seed)
+                session.generation += 1
+                gen = session.generation
+        except (ValueError, ModelUnavailable) as err:
+            yield *self._view(session, bool(show_x0), WARN + str(err)), gr.skip()
+            return
+        yield from self._main_chain(session, gen, model, chunks, start, start + k,
+                                    False, "diffuse")
+
+    def use_image(self, session: Session, image, show_x0=False):
+        """An uploaded picture becomes x_0 (step 0) for every sample of the batch."""
+        try:
+            model = self._ensure(session)
+            if image is None:
+                raise ValueError("no picture: upload one first")
+            h, _, c = model.image_shape
+            x0 = render.image_to_x0(image, h, c)
+        except (ValueError, ModelUnavailable) as err:
+            return self._view(session, bool(show_x0), WARN + str(err))
+        with session.lock:
+            session.generation += 1
+            n = session.n
+            session.x = jnp.broadcast_to(jnp.asarray(x0), (n, *x0.shape))
+            session.step, session.pred_x0 = 0, None
+            session.trajectory.clear()
+            session.trajectory.add(render.grid(np.asarray(session.x)))
+        return self._view(session, False, f"x_0 = your picture at {h}x{h}: Diffuse it, then Denoise it back")
+
+    def branch(self, session: Session, k, clip):
+        """k independent continuations of sample 0's x_t down to x_0 (paper, Fig. 7).
+
+        Yields (row image, status): x_t first, then the continuations.
+        The session's own x_t and step are left as they are.
+        """
+        try:
+            model = self._ensure(session)
+            k = parse_int(k, "branches", 1, MAX_BRANCHES)
+            with session.lock:
+                start = session.step
+                if start == 0:
+                    raise ValueError("x is already clean (step 0): Diffuse or Reset first, then branch")
+                session.branches += 1
+                key = jax.random.fold_in(as_key(session.seed), session.branches)
+                xt = session.x[:1]
+                session.generation += 1
+                gen = session.generation
+            chunks = model.denoise_steps(k, start, x=jnp.repeat(xt, k, axis=0), curr_step=start,
+                                         key=key, clip=bool(clip))
+        except (ValueError, ModelUnavailable) as err:
+            yield None, WARN + str(err), gr.skip()
+            return
+
+        def view(item, done):
+            row = np.concatenate([np.asarray(xt), np.asarray(item[0])])
+            img = render.upscale(render.grid(row, ncol=k + 1), render.display_scale(model.image_shape[0]))
+            status = (f"branched: x_t at step {start} (left) and {k} continuations to x_0" if done
+                      else f"branching from step {start}: step {item[1]}")
+            return render.for_display(img), status
+
+        if self.models.first_run(model, "denoise", k):
+            note = f"compiling for {k} continuations (first use of this size on this server)…"
+            yield gr.skip(), note, render.progress_bar(0, start, note)
+        yield from self._drive(session, gen, chunks, start, 0, lambda item, due: None, view,
+                               "branching")
+
+    def save_image(self, session: Session, show_x0):
+        """The current image (x_t, or predicted x_0) as a PNG at model resolution."""
+        with session.lock:
+            x, pred, step = session.x, session.pred_x0, session.step
+        if x is None:
+            return None
+        shown, what = (pred, "x0_pred") if show_x0 and pred is not None else (x, "x")
+        return str(render.write_png(render.grid(np.asarray(shown)),
+                                    self._out(f"ddpm_{what}_step{step}").with_suffix(".png")))
+
+    def save_gif(self, session: Session):
+        """The trajectory since Reset (or upload) as an animated GIF."""
+        with session.lock:
+            frames = list(session.trajectory.frames)
+        if not frames:
+            return None
+        scale = max(1, GIF_MAX_SIDE // max(frames[0].shape[:2]))
+        return str(render.write_gif(frames, self._out("ddpm_trajectory").with_suffix(".gif"), scale=scale))
+
+
+def build_app(models: Models, default: str, *, min_interval: float = 0.1,
+              concurrency: int = 4) -> gr.Blocks:
+    """The page. Named endpoints: reset, denoise, diffuse, stop, view, use_image,
+    branch, save_image, save_gif (state is per client session)."""
+    demo = Demo(models, default, min_interval=min_interval)
+    choices = list(models.choices)
+    with gr.Blocks(title="ddpm_jax: watch diffusion", analytics_enabled=False,
+                   delete_cache=(600, 3600)) as app:
+        session = gr.State(Session())
+        gr.Markdown(
+            "## DDPM in JAX: watch diffusion step by step\n"
+            "Reset draws x_T from the seed; **Denoise** runs reverse steps p(x_{t-1} | x_t), "
+            "**Diffuse** forward steps q(x_t | x_{t-1}). The step t counts forward steps "
+            "(T = pure noise, 0 = clean)."
+        )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                with gr.Row():
+                    model = gr.Dropdown(choices, value=demo.default, label="model", scale=3)
+                    ema = gr.Checkbox(False, label="EMA", scale=1, min_width=60)
+                with gr.Row():
+                    seed = gr.Number(0, label="seed")
+                    batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="batch size (at Reset)")
+                reset_btn = gr.Button("Reset (fresh x_T)")
+                steps = gr.Number(100, label="steps (1..T)", elem_id="steps")
+                with gr.Row():
+                    denoise_btn = gr.Button("Denoise", variant="primary", elem_id="denoise")
+                    diffuse_btn = gr.Button("Diffuse", elem_id="diffuse")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                with gr.Row():
+                    show_x0 = gr.Checkbox(False, label="show predicted x0")
+                    clip = gr.Checkbox(True, label="clip predicted x0 to [-1, 1]")
+                plot = gr.Image(label="noise schedule", show_label=False, format="png",
+                                interactive=False, buttons=[], elem_id="plot")
+            with gr.Column(scale=2):
+                step = gr.Number(label="step t", interactive=False, elem_id="step")
+                status = gr.Markdown(label="status", elem_id="status")
+                bar = gr.HTML(render.progress_bar(0, 1, ""), elem_id="bar")
+                image = gr.Image(label="x_t (or predicted x0, when ticked)", format="png",
+                                 interactive=False, elem_id="xt", height=520,
+                                 buttons=["download", "fullscreen"])
+        with gr.Accordion("Beyond the port: your picture, branching, downloads", open=False):
+            with gr.Row():
+                upload = gr.Image(label="upload a picture: it becomes x_0", format="png",
+                                  type="numpy", sources=["upload", "clipboard"])
+                with gr.Column():
+                    branches = gr.Slider(1, MAX_BRANCHES, value=4, step=1, label="branches k")
+                    branch_btn = gr.Button("Branch: k continuations of sample 0's x_t")
+                    save_png_btn = gr.Button("Current image (PNG)")
+                    save_gif_btn = gr.Button("Trajectory (animated GIF)")
+                    download = gr.File(label="download", interactive=False)
+            branch_img = gr.Image(label="x_t and its continuations (paper, Fig. 7)", format="png",
+                                  interactive=False, elem_id="branches")
+
+        views = [image, step, status, plot]
+        reset_io = dict(fn=demo.reset, inputs=[session, model, ema, seed, batch],
+                        outputs=[*views, model, ema])
+        chain = dict(show_progress="minimal", concurrency_id="chains", concurrency_limit=concurrency)
+        reset_btn.click(**reset_io, api_name="reset")
+        for trigger in (model.input, ema.input):
+            trigger(**reset_io, api_visibility="private")
+        app.load(**reset_io, api_visibility="private")
+        denoise_btn.click(demo.denoise, [session, steps, show_x0, clip], [*views, bar],
+                          api_name="denoise", **chain)
+        diffuse_btn.click(demo.diffuse, [session, steps, show_x0], [*views, bar],
+                          api_name="diffuse", **chain)
+        stop_btn.click(demo.stop, [session, show_x0], views, api_name="stop", queue=False)
+        show_x0.input(demo.view, [session, show_x0], views, api_name="view", queue=False)
+        upload.upload(demo.use_image, [session, upload, show_x0], views, api_name="use_image")
+        branch_btn.click(demo.branch, [session, branches, clip], [branch_img, status, bar],
+                         api_name="branch", **chain)
+        save_png_btn.click(demo.save_image, [session, show_x0], download, api_name="save_image")
+        save_gif_btn.click(demo.save_gif, [session], download, api_name="save_gif")
+    app.queue(default_concurrency_limit=concurrency)
+    return app
+
+
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **kwargs):
+    """Serve the page (loopback by default); returns gradio's (app, local_url, share_url)."""
+    return app.launch(server_name=host, server_port=port, css=CSS, ssr_mode=False,
+                      footer_links=["api"], **kwargs)

@@ -1,0 +1,131 @@
+"""The models the page offers, loaded once and shared by every browser session.
+
+A choice (what the dropdown shows) maps to two names for
+`Diffusion.from_pretrained`: the raw weights and the EMA weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from ddpm_jax.pipeline import Diffusion
+
+log = logging.getLogger(__name__)
+
+# choice -> (name, EMA name). The digits model ships with the package; the
+# others are fetched (pesser/pytorch_diffusion checkpoints, the Hub) on first use.
+CHOICES: dict[str, tuple[str, str]] = {
+    "digits": ("digits", "digits"),
+    "cifar10": ("cifar10", "ema_cifar10"),
+    "lsun_bedroom": ("lsun_bedroom", "ema_lsun_bedroom"),
+    "lsun_cat": ("lsun_cat", "ema_lsun_cat"),
+    "lsun_church": ("lsun_church", "ema_lsun_church"),
+    "celebahq": ("google/ddpm-celebahq-256", "google/ddpm-ema-celebahq-256"),
+}
+
+Loader = Callable[..., Diffusion]
+
+RETRY_AFTER_S = 60.0  # a failed fetch (e.g. offline, after the Hub's retries) is not retried sooner
+
+
+class ModelUnavailable(RuntimeError):
+    """A model could not be loaded or fetched; the message says which and why."""
+
+
+class Models:
+    """Thread-safe, load-once registry of `Diffusion` objects by choice.
+
+    Every model is built with the same `chunk_size`: a Stop takes effect
+    within one chunk, and each object keeps its own compiled chunks, so
+    sharing one object per model means compiling once for all sessions.
+    A model is warmed up (compiled for batch size 1) before anyone gets it,
+    so concurrent first users wait for one compilation instead of each
+    starting their own.
+    """
+
+    def __init__(self, choices: dict[str, tuple[str, str]] | None = None,
+                 loader: Loader = Diffusion.from_pretrained, chunk_size: int = 10,
+                 warm: bool = True):
+        self.choices = dict(CHOICES if choices is None else choices)
+        self.chunk_size = chunk_size
+        self.warm = warm
+        self._loader = loader
+        self._loaded: dict[str, Diffusion] = {}
+        self._failed: dict[str, tuple[float, str]] = {}  # name -> (when, message)
+        self._ran: set[tuple[int, str, int]] = set()  # (id(model), "denoise"/"diffuse", batch)
+        self._loading: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def add(self, choice: str, name: str | None = None, ema_name: str | None = None) -> str:
+        """Offer a further choice (e.g. a .safetensors path); returns the choice."""
+        if choice not in self.choices:
+            name = name or choice
+            self.choices[choice] = (name, ema_name or name)
+        return choice
+
+    def name(self, choice: str, ema: bool) -> str:
+        if choice not in self.choices:
+            raise ModelUnavailable(
+                f"unknown model {choice!r}; choose one of {', '.join(self.choices)}"
+            )
+        return self.choices[choice][1 if ema else 0]
+
+    def is_loaded(self, choice: str, ema: bool = False) -> bool:
+        with self._lock:
+            return self.choices.get(choice, (None, None))[bool(ema)] in self._loaded
+
+    def first_run(self, model: Diffusion, kind: str, n: int) -> bool:
+        """True the first time `kind` runs on `model` at batch size n (it compiles
+        then, which takes a while); records that it has run."""
+        key = (id(model), kind, n)
+        with self._lock:
+            new = key not in self._ran
+            self._ran.add(key)
+        return new
+
+    def get(self, choice: str, ema: bool = False) -> Diffusion:
+        """The shared model for a choice, loading it on first use (once)."""
+        name = self.name(choice, ema)
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name]
+            name_lock = self._loading.setdefault(name, threading.Lock())
+        with name_lock:  # one load per name; other sessions wait for it
+            with self._lock:
+                if name in self._loaded:
+                    return self._loaded[name]
+            if name in self._failed:
+                when, message = self._failed[name]
+                wait = RETRY_AFTER_S - (time.monotonic() - when)
+                if wait > 0:
+                    raise ModelUnavailable(f"{message} (next try in {wait:.0f} s)")
+            log.info("loading model %s", name)
+            try:
+                model = self._loader(name, chunk_size=self.chunk_size)
+                if self.warm:
+                    t0 = time.perf_counter()
+                    warm_up(model)
+                    self._ran |= {(id(model), "denoise", 1), (id(model), "diffuse", 1)}
+                    log.info("compiled %s in %.1f s", name, time.perf_counter() - t0)
+            except Exception as err:  # any failure to fetch or read becomes a page message
+                log.warning("could not load %s: %s", name, err)
+                label = f"{choice} (EMA)" if ema and name != self.choices[choice][0] else choice
+                message = f"could not load {label}: {err}"
+                self._failed[name] = (time.monotonic(), message)
+                raise ModelUnavailable(message) from err
+            with self._lock:
+                self._loaded[name] = model
+                self._failed.pop(name, None)
+            return model
+
+
+def warm_up(model: Diffusion, n: int = 1):
+    """Compile (or fetch from the persistent cache) what a first Reset,
+    Denoise and Diffuse at batch size `n` run: x_T, one reverse and one
+    forward chunk."""
+    x, _, _ = next(model.denoise_steps(n, 1, key=0))
+    x, _ = next(model.diffuse_steps(n, 1, x=x, curr_step=model.num_timesteps - 1, key=0))
+    x.block_until_ready()
