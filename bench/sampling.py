@@ -136,7 +136,6 @@ def worker_torch(args, compiled=False):
 def worker_peak(args):
     """The machine's sustained f32 matmul and 3x3-conv throughput under XLA, GFLOP/s."""
     import jax
-    import jax.numpy as jnp
 
     k = jax.random.key(0)
     a = jax.random.normal(k, (2048, 2048))

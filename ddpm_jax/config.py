@@ -70,12 +70,20 @@ class UNetConfig:
 DIFFUSION_PRESETS = {
     "cifar10": DiffusionConfig(model_var_type="fixedlarge"),
     "lsun": DiffusionConfig(model_var_type="fixedsmall"),
+    "digits": DiffusionConfig(model_var_type="fixedlarge"),
 }
 
 UNET_PRESETS = {
     "cifar10": UNetConfig(),
     "lsun": UNetConfig(
         resolution=256, ch_mult=(1, 1, 2, 2, 4, 4), attn_resolutions=(16,), dropout=0.0
+    ),
+    # The bundled model: scikit-learn's 8x8 digits upsampled to 16x16, grayscale.
+    # No res blocks going down (strided convs only) keeps a 1000-step chain
+    # cheap on a CPU; each level going up still has one.
+    "digits": UNetConfig(
+        resolution=16, in_channels=1, out_ch=1, ch=32, ch_mult=(1, 1, 2),
+        num_res_blocks=0, attn_resolutions=(4,), dropout=0.0,
     ),
 }
 

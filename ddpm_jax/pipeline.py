@@ -108,7 +108,7 @@ class Diffusion:
 
     @classmethod
     def from_pretrained(cls, name_or_path, **kwargs) -> "Diffusion":
-        """A bundled model name or a ddpm_jax .safetensors path."""
+        """A bundled or released name, a Hub id or a local path (see `pretrained.load_pretrained`)."""
         from .pretrained import load_pretrained
 
         dcfg, ucfg, params = load_pretrained(name_or_path)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _MODELS_DIR = Path(__file__).parent / "models"
 
 # Models that ship inside the package: name -> file under ddpm_jax/models/.
-BUNDLED: dict[str, str] = {}
+BUNDLED: dict[str, str] = {"digits": "digits.safetensors"}
 
 
 @dataclass(frozen=True)

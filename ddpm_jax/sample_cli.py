@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL = None  # the bundled model's name, once one ships
+DEFAULT_MODEL = "digits"  # the bundled model
 
 
 def add_arguments(p):

@@ -1,0 +1,91 @@
+"""`ddpm-jax train`: a killed run resumed from its checkpoint ends where one run ends."""
+
+import numpy as np
+import pytest
+
+import ddpm_jax.train as train_mod
+from ddpm_jax import config
+from ddpm_jax.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
+from ddpm_jax.cli import main
+from ddpm_jax.pipeline import Diffusion
+from ddpm_jax.weights import flatten_params, load_weights
+
+from .conftest import TINY_DIFFUSION
+from .test_train import MINI_UNET
+
+
+@pytest.fixture(autouse=True)
+def mini_preset(monkeypatch):
+    monkeypatch.setitem(config.UNET_PRESETS, "mini", MINI_UNET)
+    monkeypatch.setitem(config.DIFFUSION_PRESETS, "mini", TINY_DIFFUSION)
+
+
+def _train(out, steps, *extra):
+    return main(["train", "--data", "digits", "--config", "mini", "--steps", str(steps),
+                 "--batch", "8", "--lr", "1e-3", "--warmup", "2", "--ema-decay", "0.9",
+                 "--out", str(out), "--ckpt-every", "3", "--log-every", "2", *extra])
+
+
+def _kill_after(monkeypatch, n_steps):
+    real = train_mod.make_train_step
+
+    def make(*args):
+        step, calls = real(*args), []
+
+        def killed(*a):
+            if len(calls) == n_steps:
+                raise KeyboardInterrupt("simulated kill")
+            calls.append(1)
+            return step(*a)
+
+        return killed
+
+    monkeypatch.setattr(train_mod, "make_train_step", make)
+
+
+def test_killed_and_resumed_run_matches_one_run(tmp_path, monkeypatch):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _train(one, 8, "--sample-every", "4") == 0
+    assert (one / "samples" / "step-00000004.png").is_file()
+    with monkeypatch.context() as m:
+        _kill_after(m, 7)  # dies during step 8; the last checkpoint is step 6
+        with pytest.raises(KeyboardInterrupt):
+            _train(two, 8, "--sample-every", "0")
+    assert [p.name for p in list_checkpoints(two / "checkpoints")][-1] == "ckpt-00000006.safetensors"
+    assert _train(two, 8, "--sample-every", "0", "--resume") == 0
+    _, a, step_a = read_checkpoint(checkpoint_path(one / "checkpoints", 8))
+    _, b, step_b = read_checkpoint(checkpoint_path(two / "checkpoints", 8))
+    assert step_a == step_b == 8 and sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # The export is the EMA params, in the format from_pretrained reads.
+    dcfg, ucfg, ema = load_weights(one / "ema.safetensors")
+    assert (dcfg, ucfg) == (TINY_DIFFUSION, MINI_UNET)
+    for name, v in flatten_params(ema).items():
+        np.testing.assert_array_equal(v, a[".ema_params" + "".join(f"['{p}']" for p in name.split("/"))])
+    assert Diffusion.from_pretrained(str(one / "ema.safetensors")).image_shape == (8, 8, 1)
+
+
+def test_corrupt_latest_checkpoint_stops_resume_and_is_kept(tmp_path, capsys):
+    assert _train(tmp_path, 6, "--sample-every", "0") == 0
+    latest = checkpoint_path(tmp_path / "checkpoints", 6)
+    raw = bytearray(latest.read_bytes())
+    raw[-3] ^= 0x55
+    latest.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert _train(tmp_path, 9, "--sample-every", "0", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "ckpt-00000006.safetensors is corrupt" in err and "left in place" in err
+    assert latest.read_bytes() == bytes(raw)
+    assert read_checkpoint(checkpoint_path(tmp_path / "checkpoints", 3))[2] == 3
+
+
+def test_refuses_to_mix_runs(tmp_path, capsys):
+    assert _train(tmp_path, 3, "--sample-every", "0") == 0
+    capsys.readouterr()
+    assert _train(tmp_path, 6, "--sample-every", "0") == 2
+    assert "already holds checkpoints; pass --resume" in capsys.readouterr().err
+    assert _train(tmp_path, 6, "--sample-every", "0", "--resume", "--seed", "5") == 2
+    assert "train_config.seed: checkpoint 0 != requested 5" in capsys.readouterr().err
+    assert _train(tmp_path / "empty", 6, "--resume") == 2
+    assert "no checkpoint in" in capsys.readouterr().err
