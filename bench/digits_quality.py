@@ -71,12 +71,13 @@ def judge(clf, x8: np.ndarray, ref_features: np.ndarray) -> dict:
     }
 
 
-def sample_digits(model_name: str, n: int, steps: int | None, batch: int, seed: int):
-    """n samples (DDPM, `steps` respaced steps or all T) as 8x8 digits in [0, 16], and seconds."""
+def sample_digits(model_name: str, n: int, steps: int | None, batch: int, seed: int,
+                  sampler: str = "ddpm", eta: float = 0.0):
+    """n samples (`sampler` over `steps` respaced steps or all T) as 8x8 digits in [0, 16], and seconds."""
     from ddpm_jax import Diffusion
     from ddpm_jax.data import images_to_digits
 
-    model = Diffusion.from_pretrained(model_name, chunk_size=50, steps=steps)
+    model = Diffusion.from_pretrained(model_name, chunk_size=50, steps=steps, sampler=sampler, eta=eta)
     if model.image_shape[-1] != 1:
         raise SystemExit(f"{model_name} makes {model.image_shape} images; this benchmark needs grayscale")
     t0 = time.perf_counter()
@@ -95,6 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=1000, help="samples to judge")
     p.add_argument("--steps", type=int, default=None,
                    help="sampling steps: the chain respaced to this many (default: all T)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM's eta")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the results here")
@@ -109,7 +112,8 @@ def main(argv=None) -> int:
     accuracy = float(clf.score(x_te.reshape(len(x_te), -1) / 16.0, y_te))
     ref = hidden_features(clf, x_te)
 
-    samples, seconds = sample_digits(args.model, args.n, args.steps, args.batch, args.seed)
+    samples, seconds = sample_digits(args.model, args.n, args.steps, args.batch, args.seed,
+                                     args.sampler, args.eta)
     real = judge(clf, x_te, ref)
     # The floor: training digits vs held-out. The Fréchet distance shrinks as
     # its sample grows, so the floor uses as many training digits as there are
@@ -120,7 +124,8 @@ def main(argv=None) -> int:
     real["frechet_all_training_digits"] = frechet_distance(hidden_features(clf, x_tr), ref)
     model = judge(clf, samples, ref)
     result = {
-        "model": args.model, "steps": args.steps or "T", "seed": args.seed,
+        "model": args.model, "steps": args.steps or "T", "sampler": args.sampler, "eta": args.eta,
+        "seed": args.seed,
         "classifier_heldout_accuracy": accuracy,
         "heldout_real": real, "samples": model, "sampling_seconds": round(seconds, 1),
         "targets": {
@@ -135,7 +140,7 @@ def main(argv=None) -> int:
           f"{real['frechet']:10.3f}  (frechet: {len(subset)} training vs held-out digits = the floor; "
           f"all {len(x_tr)}: {real['frechet_all_training_digits']:.3f})")
     print(f"{'samples (' + str(args.n) + ')':24}{model['confident']:10.4f}{model['entropy']:10.4f}"
-          f"{model['frechet']:10.3f}  ({args.steps or 'all'} steps, {seconds:.0f} s)")
+          f"{model['frechet']:10.3f}  ({args.sampler}, {args.steps or 'all'} steps, {seconds:.0f} s)")
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["targets"].items()))
     if args.json:
         with open(args.json, "w") as f:

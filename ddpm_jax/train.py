@@ -16,10 +16,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .coefficients import Coefficients
 from .config import UNetConfig
 from .diffusion import q_sample
+from .sharding import DATA
 from .unet import UNet, init_params
 
 
@@ -112,20 +114,28 @@ def sample_batch(data: jax.Array, key, batch_size: int, random_flip: bool) -> ja
 
 
 @functools.lru_cache(maxsize=8)
-def make_train_step(unet_config: UNetConfig, cfg: TrainConfig
+def make_train_step(unet_config: UNetConfig, cfg: TrainConfig, mesh: Mesh | None = None
                     ) -> Callable[[TrainState, jax.Array, Coefficients], tuple[TrainState, dict]]:
     """A jitted (state, data, coeffs) -> (state, metrics) for one update.
 
-    Cached per (config, train config), so a resumed run in the same process
-    reuses the compiled step.
+    With a `mesh` (state and data replicated on it, see `sharding`), the batch
+    is sharded over its 'data' axis and XLA reduces the gradients across
+    devices: data parallelism with the same numbers as one device.
+    Cached per (config, train config, mesh), so a resumed run in the same
+    process reuses the compiled step.
     """
     model = UNet(unet_config)
     tx = make_optimizer(cfg)
+    if mesh is not None and cfg.batch_size % mesh.size:
+        raise ValueError(f"batch size {cfg.batch_size} does not split over {mesh.size} devices; "
+                         f"use a multiple of {mesh.size}")
 
     @jax.jit
     def train_step(state: TrainState, data, coeffs):
         key, data_key, loss_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
         x0 = sample_batch(data, data_key, cfg.batch_size, cfg.random_flip)
+        if mesh is not None:
+            x0 = jax.lax.with_sharding_constraint(x0, NamedSharding(mesh, P(DATA)))
         loss, grads = jax.value_and_grad(diffusion_loss)(state.params, model, x0, loss_key, coeffs)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -94,6 +94,7 @@ def run(args) -> int:
     from .config import DIFFUSION_PRESETS, UNET_PRESETS
     from .data import load_dataset
     from .pipeline import Diffusion
+    from .sharding import data_mesh, replicate
     from .train import init_state, make_train_step
     from .unet import count_params
     from .weights import save_weights
@@ -122,7 +123,11 @@ def run(args) -> int:
     log.info("data: %d images %s from %s; model: %s params; %s",
              data.shape[0], tuple(data.shape[1:]), args.data, f"{count_params(state.params):,}", tcfg)
     coeffs = make_coefficients(dcfg)
-    train_step = make_train_step(ucfg, tcfg)
+    mesh = data_mesh() if jax.local_device_count() > 1 else None
+    train_step = make_train_step(ucfg, tcfg, mesh)
+    if mesh is not None:  # data parallel: replicated state and data, batch sharded in the step
+        state, data, coeffs = replicate((state, data, coeffs), mesh)
+        log.info("data parallel over %d devices", mesh.size)
     step = int(state.step)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "log.jsonl", "a") as log_file, tqdm(

@@ -93,3 +93,45 @@ def test_cli_over_devices_and_processes_writes_the_same_images(saved, tmp_path):
     for folder in ("four", "two"):
         assert np.abs(_pngs(tmp_path / folder, 7) - want).max() <= 1, folder
     assert not (tmp_path / "four" / "00007.png").exists()
+
+
+def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
+    """Same global batch and seed: the loss curve and params on 4 devices equal 1 device's."""
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from ddpm_jax.coefficients import make_coefficients
+        from ddpm_jax.data import load_digits_images
+        from ddpm_jax.sharding import data_mesh, replicate
+        from ddpm_jax.train import init_state, make_train_step
+        from tests.conftest import TINY_DIFFUSION
+        from tests.test_train import MINI_TRAIN, MINI_UNET
+        assert jax.device_count() == 4
+        data = jnp.asarray(load_digits_images(8))
+        coeffs = make_coefficients(TINY_DIFFUSION)
+        runs = []
+        for devices in (jax.devices()[:1], jax.devices()):
+            mesh = data_mesh(devices)
+            state, d, c = replicate((init_state(MINI_UNET, MINI_TRAIN), data, coeffs), mesh)
+            step = make_train_step(MINI_UNET, MINI_TRAIN, mesh)
+            losses = []
+            for _ in range(15):
+                state, m = step(state, d, c)
+                losses.append(float(m["loss"]))
+            runs.append((np.array(losses), state.params))
+        (l1, p1), (l4, p4) = runs
+        np.testing.assert_allclose(l4, l1, rtol=1e-4, atol=1e-6)
+        # Adam turns float-level gradient differences on near-zero gradients into
+        # steps of up to lr (1e-3), so params agree to a few lr, not to 1e-6.
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=15 * 1e-3), p4, p1)
+        try:
+            make_train_step(MINI_UNET, MINI_TRAIN.__class__(batch_size=6), data_mesh())
+        except ValueError as err:
+            assert "multiple of 4" in str(err)
+        else:
+            raise AssertionError("a batch of 6 over 4 devices must be refused")
+        print("max loss difference", np.abs(l4 - l1).max())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max loss difference" in proc.stdout
