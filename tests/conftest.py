@@ -28,3 +28,11 @@ def tiny_params():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_params):
     return Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, chunk_size=8)
+
+
+@pytest.fixture(scope="session")
+def saved(tiny_model, tmp_path_factory):
+    """The tiny model written to a ddpm_jax .safetensors file."""
+    path = tmp_path_factory.mktemp("saved") / "tiny.safetensors"
+    tiny_model.save_pretrained(path)
+    return path

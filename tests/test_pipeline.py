@@ -15,13 +15,6 @@ from ddpm_jax.weights import flatten_params, load_weights
 from .conftest import TINY_DIFFUSION, TINY_UNET
 
 
-@pytest.fixture(scope="module")
-def saved(tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    tiny_model.save_pretrained(path)
-    return path
-
-
 def test_params_round_trip_through_safetensors(saved, tiny_model):
     dcfg, ucfg, params = load_weights(saved)
     assert dcfg == TINY_DIFFUSION and ucfg == TINY_UNET

@@ -11,7 +11,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from ddpm_jax import Diffusion
@@ -38,13 +37,6 @@ def _wait(proc, timeout=240):
 
 def _pngs(folder, n):
     return np.stack([np.asarray(Image.open(folder / f"{i:05}.png"), np.int16) for i in range(n)])
-
-
-@pytest.fixture(scope="module")
-def saved(tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("scale") / "tiny.safetensors"
-    tiny_model.save_pretrained(path)
-    return path
 
 
 def test_mesh_of_four_devices_gives_the_same_samples(saved, tmp_path):
