@@ -1,10 +1,11 @@
-"""Throughput of sharded sampling on 1, 2, ... devices of this machine.
+"""Throughput of sharded sampling (and data-parallel training) on 1, 2, ... devices.
 
 Each device count runs in its own process with
 XLA_FLAGS=--xla_force_host_platform_device_count=N (on a CPU the "devices"
 share its cores; on a GPU machine pass --real-devices to use the real ones).
 
     python bench/scaling.py --model digits --batch 64 --steps 20
+    python bench/scaling.py --train --batch 64 --steps 20     # digits preset train steps
 """
 
 from __future__ import annotations
@@ -18,22 +19,56 @@ import sys
 import time
 
 
-def worker(args):
+def _sampling(args, mesh):
     import jax
 
     from ddpm_jax import Diffusion
+
+    m = Diffusion.from_pretrained(args.model, chunk_size=args.steps, mesh=mesh)
+    return lambda rep: jax.block_until_ready(m.denoise(args.batch, n_steps=args.steps, key=rep))
+
+
+def _training(args, mesh):
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from ddpm_jax.coefficients import make_coefficients
+    from ddpm_jax.config import DIFFUSION_PRESETS, UNET_PRESETS
+    from ddpm_jax.data import load_digits_images
+    from ddpm_jax.sharding import replicate
+    from ddpm_jax.train import TRAIN_PRESETS, init_state, make_train_step
+
+    ucfg, tcfg = UNET_PRESETS["digits"], dataclasses.replace(TRAIN_PRESETS["digits"], batch_size=args.batch)
+    step = make_train_step(ucfg, tcfg, mesh)
+    box = [init_state(ucfg, tcfg), jnp.asarray(load_digits_images(16)), make_coefficients(DIFFUSION_PRESETS["digits"])]
+    if mesh is not None:
+        box = list(replicate(tuple(box), mesh))
+
+    def run(rep):
+        for _ in range(args.steps):
+            box[0], metrics = step(*box)
+        jax.block_until_ready(metrics)
+
+    return run
+
+
+def worker(args):
+    import jax
+
     from ddpm_jax.sharding import data_mesh
 
     mesh = data_mesh() if jax.local_device_count() > 1 else None
-    m = Diffusion.from_pretrained(args.model, chunk_size=args.steps, mesh=mesh)
-    jax.block_until_ready(m.denoise(args.batch, n_steps=args.steps, key=0))  # compile + warm-up
+    run = (_training if args.train else _sampling)(args, mesh)
+    run(0)  # compile + warm-up
     times = []
     for rep in range(args.reps):
         t0 = time.perf_counter()
-        jax.block_until_ready(m.denoise(args.batch, n_steps=args.steps, key=rep + 1))
+        run(rep + 1)
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    print("RESULT " + json.dumps(dict(devices=jax.local_device_count(), sample_steps_per_s=args.batch * args.steps / t,
+    print("RESULT " + json.dumps(dict(devices=jax.local_device_count(), per_s=args.batch * args.steps / t,
                                       spread=(max(times) - min(times)) / t)))
 
 
@@ -44,6 +79,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--train", action="store_true", help="time train steps of the digits preset instead")
     p.add_argument("--real-devices", action="store_true", help="use the machine's devices, not forced CPU ones")
     p.add_argument("--worker", action="store_true")
     args = p.parse_args()
@@ -55,19 +91,20 @@ def main():
         if not args.real_devices:
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
         cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--batch", str(args.batch),
-               "--steps", str(args.steps), "--reps", str(args.reps)]
+               "--steps", str(args.steps), "--reps", str(args.reps)] + (["--train"] if args.train else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
             raise SystemExit(f"{n} devices failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(line[-1][7:]))
-    base = rows[0]["sample_steps_per_s"]
-    print(f"model {args.model}, batch {args.batch}, {args.steps} steps, {os.cpu_count()} CPUs, "
+    base = rows[0]["per_s"]
+    what = "training (digits preset)" if args.train else f"sampling {args.model}"
+    unit = "images/s" if args.train else "sample-steps/s"
+    print(f"{what}, batch {args.batch}, {args.steps} steps a rep, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}")
-    print(f"{'devices':>7} {'sample-steps/s':>15} {'spread':>7} {'vs 1':>6}")
+    print(f"{'devices':>7} {unit:>15} {'spread':>7} {'vs 1':>6}")
     for r in rows:
-        print(f"{r['devices']:7d} {r['sample_steps_per_s']:15.1f} {r['spread']:7.0%} "
-              f"{r['sample_steps_per_s'] / base:6.2f}x")
+        print(f"{r['devices']:7d} {r['per_s']:15.1f} {r['spread']:7.0%} {r['per_s'] / base:6.2f}x")
 
 
 if __name__ == "__main__":

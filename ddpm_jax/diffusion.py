@@ -67,12 +67,15 @@ def ddim_step(eps, x, t, noise, coeffs: Coefficients, clip=True, *, eta=0.0):
     sigma = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev), eq. (16):
     eta = 0 is deterministic, eta = 1 matches the DDPM posterior variance.
     On a respaced `coeffs`, abar_prev is abar at the previous visited step.
+    With `clip`, x_0 is clipped to [-1, 1] and eps re-derived from it (eq. 9
+    solved for eps), so both terms of eq. 12 use the same prediction.
     Returns (x_{t-1}, predicted x_0).
     """
     abar, abar_prev = _at(coeffs.alphas_cumprod, t), _at(coeffs.alphas_cumprod_prev, t)
     pred_x0 = predict_x0(eps, x, t, coeffs)
     if clip:
         pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+        eps = (x - jnp.sqrt(abar) * pred_x0) / jnp.sqrt(1.0 - abar)
     sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
     direction = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma**2, 0.0)) * eps
     return jnp.sqrt(abar_prev) * pred_x0 + direction + sigma * noise, pred_x0

@@ -91,8 +91,9 @@ def test_q_sample_is_the_composition_of_forward_steps():
 
 
 def ref_ddim(eps, x, abar, abar_prev, z, eta):
-    """Song et al. 2021 eq. (12) with sigma of eq. (16), float64, x0 clipped."""
+    """Song et al. 2021 eq. (12) with sigma of eq. (16), float64, x0 clipped, eps from it."""
     x0 = np.clip((x - np.sqrt(1 - abar) * eps) / np.sqrt(abar), -1, 1)
+    eps = (x - np.sqrt(abar) * x0) / np.sqrt(1 - abar)
     sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar)) * np.sqrt(1 - abar / abar_prev)
     return np.sqrt(abar_prev) * x0 + np.sqrt(1 - abar_prev - sigma**2) * eps + sigma * z
 
@@ -111,7 +112,8 @@ def test_ddim_step_matches_formula(eta, steps):
     got, _ = ddim_step(eps.astype(np.float32), x.astype(np.float32), t, z.astype(np.float32), coeffs, eta=eta)
     r = lambda a: a[t][:, None, None, None]  # noqa: E731
     want = ref_ddim(eps, x, r(c64["alphas_cumprod"]), r(c64["alphas_cumprod_prev"]), z, eta)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=3e-5)
+    # Re-deriving eps divides by sqrt(1 - abar) (~0.014 at t = 1 of 1000): float32 loses ~1e-4 there.
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-4)
 
 
 def test_ddim_eta1_variance_is_the_ddpm_posterior_variance():
