@@ -155,11 +155,21 @@ def worker_peak(args):
                 conv_gflops=2 * 8 * 32 * 32 * 256 * 256 * 9 / t_conv / 1e9)
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM starts afresh at exec; ru_maxrss (the
+    fallback off Linux) can carry the parent's peak over."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_worker(args):
     fn = {"jax": worker_jax, "torch": worker_torch, "torch_compile": lambda a: worker_torch(a, True),
           "peak": worker_peak}[args.worker]
     out = fn(args)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = _peak_rss_mb()
     print("RESULT " + json.dumps(out))
 
 
