@@ -137,11 +137,12 @@ def run(args) -> int:
         while step < args.steps:
             state, metrics = train_step(state, data, coeffs)
             step += 1
-            loss_sum += float(metrics["loss"])
+            loss_sum = loss_sum + metrics["loss"]  # stays on the device until logged
             bar.update(1)
             if step % args.log_every == 0 or step == args.steps:
+                loss = float(loss_sum) / (step - s0)  # waits for the queued steps
                 dt = time.perf_counter() - t0
-                rec = {"step": step, "loss": loss_sum / (step - s0), "grad_norm": float(metrics["grad_norm"]),
+                rec = {"step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
                        "steps_per_s": (step - s0) / dt, "time": time.time()}
                 log_file.write(json.dumps(rec) + "\n")
                 log_file.flush()
