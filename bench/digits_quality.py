@@ -22,7 +22,6 @@ with as many training digits as samples (FD shrinks as its sample grows).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -143,8 +142,9 @@ def main(argv=None) -> int:
           f"{model['frechet']:10.3f}  ({args.sampler}, {args.steps or 'all'} steps, {seconds:.0f} s)")
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["targets"].items()))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        from ddpm_jax.atomic import write_json
+
+        write_json(args.json, result, indent=2)
     return 0
 
 

@@ -61,7 +61,7 @@ def worker_jax(args):
     x = jax.random.normal(jax.random.key(0), (n, *m.image_shape))
     x0 = jnp.zeros_like(x)
     key, ids = jax.random.key(1), jnp.arange(n, dtype=jnp.int32)
-    chunk_args = (m._run_params, m.coeffs, x, x0, T, args.steps, key, ids)
+    chunk_args = (m.run_params, m.coeffs, x, x0, T, args.steps, key, ids)
 
     t0 = time.perf_counter()
     compiled = m._denoise_chunk.lower(*chunk_args, clip=True).compile()
@@ -79,7 +79,7 @@ def worker_jax(args):
     null_c(*chunk_args)
     sampler_s = [t / args.steps for t in _timed(lambda: jax.block_until_ready(null_c(*chunk_args)), args.reps)]
     fwd = jax.jit(lambda p, x, t: m.model.apply({"params": p}, x.astype(m.dtype), t))
-    flops = (fwd.lower(m._run_params, x, jnp.full((n,), T - 1, jnp.int32)).compile().cost_analysis() or {}).get("flops")
+    flops = (fwd.lower(m.run_params, x, jnp.full((n,), T - 1, jnp.int32)).compile().cost_analysis() or {}).get("flops")
     return dict(step_s=step_times, compile_s=compile_s, sampler_s=sampler_s, flops=flops)
 
 
@@ -266,7 +266,9 @@ def main():
                     results["runs"].append(res)
     print_table(results)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        from ddpm_jax.atomic import write_json
+
+        write_json(args.json, results)
 
 
 def print_table(results):

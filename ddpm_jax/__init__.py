@@ -1,7 +1,7 @@
 """ddpm_jax: Denoising Diffusion Probabilistic Models (Ho et al. 2020) in JAX/Flax."""
 
 from .config import DIFFUSION_PRESETS, UNET_PRESETS, DiffusionConfig, UNetConfig
-from .pipeline import Diffusion
+from .pipeline import Diffusion, Step
 
-__all__ = ["Diffusion", "DiffusionConfig", "UNetConfig", "DIFFUSION_PRESETS", "UNET_PRESETS"]
+__all__ = ["Diffusion", "Step", "DiffusionConfig", "UNetConfig", "DIFFUSION_PRESETS", "UNET_PRESETS"]
 __version__ = "0.1.0"

@@ -1,12 +1,18 @@
-"""Atomic file writes: a temporary file beside the target, renamed over it on success."""
+"""The one writer: every file the project writes appears whole or not at all.
+
+A file is written to a temporary name beside its target, synced, and renamed
+over it (`os.replace`, atomic on POSIX), so a killed process leaves either the
+old file or the new one, never a torn file under the real name.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 
 @contextmanager
@@ -26,3 +32,22 @@ def atomic_path(path, suffix: str = ".tmp") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def write_with(path, write: Callable[[BinaryIO], object]) -> Path:
+    """Create `path` atomically from `write(fileobj)` (e.g. a PIL or numpy save)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+    return path
+
+
+def write_bytes(path, data: bytes) -> Path:
+    return write_with(path, lambda f: f.write(data))
+
+
+def write_json(path, obj, **kwargs) -> Path:
+    """`obj` as JSON (indent 1 unless told otherwise), atomically."""
+    kwargs.setdefault("indent", 1)
+    return write_bytes(path, (json.dumps(obj, **kwargs) + "\n").encode())

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .atomic import write_with
+
 
 def to_uint8(x, clip: bool = False) -> np.ndarray:
     """NHWC floats in [-1, 1] -> NHWC uint8 via (x + 1) * 127.5, rounded.
@@ -32,15 +34,14 @@ def _pil(img: np.ndarray) -> Image.Image:
     return Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
 
 
+def save_png(img: np.ndarray, path) -> Path:
+    """One HWC uint8 image as a PNG, written atomically."""
+    return write_with(path, lambda f: _pil(img).save(f, format="PNG"))
+
+
 def save_images(images: np.ndarray, pattern: str, start_idx: int = 0) -> list[Path]:
     """Write NHWC uint8 images to pattern.format(start_idx + i); returns paths."""
-    paths = []
-    for i, img in enumerate(images):
-        path = Path(pattern.format(start_idx + i))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _pil(img).save(path)
-        paths.append(path)
-    return paths
+    return [save_png(img, pattern.format(start_idx + i)) for i, img in enumerate(images)]
 
 
 def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 2) -> np.ndarray:
@@ -57,7 +58,4 @@ def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 2) -> np.n
 
 
 def save_grid(images: np.ndarray, path, ncol: int | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _pil(make_grid(images, ncol)).save(path)
-    return path
+    return save_png(make_grid(images, ncol), path)

@@ -6,9 +6,10 @@ forward steps x has had (T for pure noise x_T, 0 for a clean image).
 
 from __future__ import annotations
 
+import copy
 import operator
 from functools import partial
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,21 @@ from .sharding import replicate, shard_batch
 from .unet import UNet
 from .weights import check_params, flatten_params, save_weights
 
-Callback = Callable[[jax.Array, int, jax.Array], None]
+
+
+class Step(NamedTuple):
+    """Where a chain stands between two compiled chunks.
+
+    `x` (n, H, W, C) has had `step` forward steps; `pred_x0` is the model's
+    estimate of x_0 at the last reverse step (eq. 15), None when diffusing.
+    """
+
+    x: jax.Array
+    step: int
+    pred_x0: jax.Array | None = None
+
+
+Callback = Callable[[Step], None]
 SAMPLERS = ("ddpm", "ddim")
 DTYPES = ("float32", "bfloat16")
 
@@ -36,6 +51,19 @@ def as_key(key) -> jax.Array:
     if isinstance(key, (int, np.integer)):
         return jax.random.key(int(key))
     return key
+
+
+def _apply_unet(model: UNet, dtype, params, x, t):
+    """The UNet in `dtype` (params already cast), eps back in float32."""
+    return model.apply({"params": params}, x.astype(dtype), t).astype(jnp.float32)
+
+
+def _run(chain: Iterator[Step], callback: Callback | None) -> jax.Array:
+    """Drive a chain to its end, calling `callback` on each Step; the last x."""
+    for item in chain:
+        if callback is not None:
+            callback(item)
+    return item.x
 
 
 def _check_int(name, value, lo, hi):
@@ -77,26 +105,42 @@ class Diffusion:
         self.model = UNet(unet_config)
         self.params = jax.tree.map(jnp.asarray, params)
         self.dtype = jnp.dtype(str(dtype))
-        # The UNet runs in `dtype` (params cast once); the step math stays float32.
-        self._run_params = jax.tree.map(lambda a: a.astype(self.dtype), self.params)
         self.mesh = mesh
-        if mesh is not None:
-            self._run_params = replicate(self._run_params, mesh)
+        self.run_params = self._prepare(self.params)
         T = diffusion_config.num_diffusion_timesteps
         steps = T if steps is None else _check_int("steps", steps, 1, T)
         self.coeffs = make_coefficients(diffusion_config, steps)
         self.num_timesteps = self.coeffs.num_timesteps
         self.sampler, self.eta = sampler, float(eta)
         self.chunk_size = _check_int("chunk_size", chunk_size, 1, 10**6)
-        def eps_fn(p, x, t):
-            return self.model.apply({"params": p}, x.astype(self.dtype), t).astype(jnp.float32)
-
+        eps_fn = partial(_apply_unet, self.model, self.dtype)
         step_fn = denoising_step if sampler == "ddpm" else partial(ddim_step, eta=self.eta)
         self._denoise_chunk = jax.jit(
             partial(denoise_chunk, eps_fn, chunk=self.chunk_size, step_fn=step_fn),
             static_argnames="clip",
         )
         self._diffuse_chunk = jax.jit(partial(diffuse_chunk, chunk=self.chunk_size))
+
+    def _prepare(self, params):
+        """Params as the UNet runs them: cast once to `dtype` (the step math
+        stays float32), replicated over the mesh if there is one."""
+        run = jax.tree.map(lambda a: jnp.asarray(a).astype(self.dtype), params)
+        return run if self.mesh is None else replicate(run, self.mesh)
+
+    def with_params(self, params) -> "Diffusion":
+        """The same model and sampler with other params (say, a training run's
+        EMA params): it shares this object's compiled chunks, so nothing
+        recompiles."""
+        check_params(flatten_params(params), self.unet_config)
+        new = copy.copy(self)
+        new.params = jax.tree.map(jnp.asarray, params)
+        new.run_params = new._prepare(new.params)
+        return new
+
+    def eps(self, x, t) -> jax.Array:
+        """eps_theta(x_t, t) with this model's params and dtype: x (n, H, W, C)
+        float32, t int32 (n,) model timesteps; float32 out. Traceable (jit it)."""
+        return _apply_unet(self.model, self.dtype, self.run_params, x, t)
 
     def respaced(self, steps: int, sampler: str = "ddpm", eta: float = 0.0, **kwargs) -> "Diffusion":
         """The same model sampling a chain of `steps` steps (strided DDPM or DDIM)."""
@@ -142,8 +186,8 @@ class Diffusion:
         return batch if self.mesh is None else shard_batch(batch, self.mesh)
 
     def denoise_steps(self, n, n_steps=None, x=None, curr_step=None, key=None, *,
-                      clip=True, first_index=0) -> Iterator[tuple[jax.Array, int, jax.Array]]:
-        """Validate, then iterate the reverse chain: yields (x, step, pred_x0) per chunk.
+                      clip=True, first_index=0) -> Iterator[Step]:
+        """Validate, then iterate the reverse chain: yields a `Step` per chunk.
 
         Starts from x (which has had `curr_step` forward steps) or, when x is
         None, from fresh noise x_T. Runs t = curr_step-1 down to
@@ -167,14 +211,14 @@ class Diffusion:
         while remaining > 0:
             k = min(self.chunk_size, remaining)
             x, pred_x0 = self._denoise_chunk(
-                self._run_params, self.coeffs, x, pred_x0, step, k, key, ids, clip=clip
+                self.run_params, self.coeffs, x, pred_x0, step, k, key, ids, clip=clip
             )
             step, remaining = step - k, remaining - k
-            yield x, step, pred_x0
+            yield Step(x, step, pred_x0)
 
     def diffuse_steps(self, n, n_steps=None, x=None, curr_step=None, key=None, *,
-                      first_index=0) -> Iterator[tuple[jax.Array, int]]:
-        """Validate, then iterate the forward chain: yields (x, step) per chunk.
+                      first_index=0) -> Iterator[Step]:
+        """Validate, then iterate the forward chain: yields a `Step` (pred_x0 None) per chunk.
 
         Runs t = curr_step up to curr_step+n_steps-1 (curr_step defaults to 0).
         """
@@ -192,25 +236,18 @@ class Diffusion:
             k = min(self.chunk_size, remaining)
             x = self._diffuse_chunk(self.coeffs, x, step, k, key, ids)
             step, remaining = step + k, remaining - k
-            yield x, step
+            yield Step(x, step)
 
     def denoise(self, n, n_steps=None, x=None, curr_step=None, key=None,
                 callback: Callback | None = None, *, clip=True, first_index=0) -> jax.Array:
-        """Run the reverse chain (Alg. 2); callback(x, step, pred_x0) between chunks."""
-        for x, step, pred_x0 in self.denoise_steps(
-            n, n_steps, x, curr_step, key, clip=clip, first_index=first_index
-        ):
-            if callback is not None:
-                callback(x, step, pred_x0)
-        return x
+        """Run the reverse chain (Alg. 2); callback(Step) between chunks. Returns x."""
+        chain = self.denoise_steps(n, n_steps, x, curr_step, key, clip=clip, first_index=first_index)
+        return _run(chain, callback)
 
     def diffuse(self, n, n_steps=None, x=None, curr_step=None, key=None,
                 callback: Callback | None = None, *, first_index=0) -> jax.Array:
-        """Run the forward chain (eq. 2); callback(x, step, None) between chunks."""
-        for x, step in self.diffuse_steps(n, n_steps, x, curr_step, key, first_index=first_index):
-            if callback is not None:
-                callback(x, step, None)
-        return x
+        """Run the forward chain (eq. 2); callback(Step) between chunks. Returns x."""
+        return _run(self.diffuse_steps(n, n_steps, x, curr_step, key, first_index=first_index), callback)
 
     @staticmethod
     def to_uint8(x, clip=False) -> np.ndarray:

@@ -59,15 +59,14 @@ class _Writer:
         return all(self.png(i).exists() for i in range(start, start + count))
 
     def write(self, start, images):
+        from .atomic import write_with
         from .images import save_images
 
         if self.fmt == "png":
             save_images(images, str(self.out / "{:05}.png"), start_idx=start)
             return
-        path = self.npz(start, len(images))
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, indices=np.arange(start, start + len(images)))
-        tmp.replace(path)
+        write_with(self.npz(start, len(images)),
+                   lambda f: np.savez(f, images=images, indices=np.arange(start, start + len(images))))
 
     def first(self, n) -> np.ndarray | None:
         """The first n images, if they are all on disk."""
@@ -114,9 +113,9 @@ def run(args) -> int:
         chain = model.denoise_steps(padded, key=args.seed, first_index=start)
         desc = f"samples {start}-{start + count - 1} of {n}"
         with tqdm(total=T, unit="step", desc=desc) as bar:
-            for x, step, _ in chain:
-                bar.update(T - step - bar.n)
-        writer.write(start, model.to_uint8(np.asarray(x)[:count], clip=True))
+            for item in chain:
+                bar.update(T - item.step - bar.n)
+        writer.write(start, model.to_uint8(np.asarray(item.x)[:count], clip=True))
     shown = writer.first(min(n, 64)) if rank == 0 else None
     if shown is not None:
         grid = save_grid(shown, writer.out / "grid.png")

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax.images import save_png
 from ddpm_jax.pipeline import as_key
 from ddpm_jax.sampling import initial_noise
 
@@ -151,8 +152,8 @@ class Demo:
         """
         total, last = abs(target - start), -float("inf")
         for item in chunks:
-            item[0].block_until_ready()
-            step = item[1]
+            item.x.block_until_ready()
+            step = item.step
             due = step == target or time.monotonic() - last >= self.min_interval
             with session.lock:
                 owner = session.generation == gen
@@ -169,14 +170,13 @@ class Demo:
 
     def _main_chain(self, session, gen, model, chunks, start, target, show_x0, verb):
         def commit(item, due):
-            session.x, session.step = item[0], item[1]
-            session.pred_x0 = item[2] if len(item) > 2 else None
+            session.x, session.step, session.pred_x0 = item
             if due:
-                session.trajectory.add(render.grid(np.asarray(item[0])))
+                session.trajectory.add(render.grid(np.asarray(item.x)))
 
         def view(item, done):
-            x, step = item[0], item[1]
-            shown = item[2] if show_x0 and len(item) > 2 else x
+            x, step = item.x, item.step
+            shown = item.pred_x0 if show_x0 and item.pred_x0 is not None else x
             status = (f"{verb}d {abs(step - start)} steps: now at step {step}" if done
                       else f"{verb[:-1]}ing: step {step} (target {target})")
             return self._frame(model, shown), step, status, self._plot(model, step)
@@ -278,10 +278,10 @@ class Demo:
             return
 
         def view(item, done):
-            row = np.concatenate([np.asarray(xt), np.asarray(item[0])])
+            row = np.concatenate([np.asarray(xt), np.asarray(item.x)])
             img = render.upscale(render.grid(row, ncol=k + 1), render.display_scale(model.image_shape[0]))
             status = (f"branched: x_t at step {start} (left) and {k} continuations to x_0" if done
-                      else f"branching from step {start}: step {item[1]}")
+                      else f"branching from step {start}: step {item.step}")
             return render.for_display(img), status
 
         if self.models.first_run(model, "denoise", k):
@@ -297,7 +297,7 @@ class Demo:
         if x is None:
             return None
         shown, what = (pred, "x0_pred") if show_x0 and pred is not None else (x, "x")
-        return str(render.write_png(render.grid(np.asarray(shown)),
+        return str(save_png(render.grid(np.asarray(shown)),
                                     self._out(f"ddpm_{what}_step{step}").with_suffix(".png")))
 
     def save_gif(self, session: Session):

@@ -126,6 +126,5 @@ def warm_up(model: Diffusion, n: int = 1):
     """Compile (or fetch from the persistent cache) what a first Reset,
     Denoise and Diffuse at batch size `n` run: x_T, one reverse and one
     forward chunk."""
-    x, _, _ = next(model.denoise_steps(n, 1, key=0))
-    x, _ = next(model.diffuse_steps(n, 1, x=x, curr_step=model.num_timesteps - 1, key=0))
-    x.block_until_ready()
+    x = next(model.denoise_steps(n, 1, key=0)).x
+    next(model.diffuse_steps(n, 1, x=x, curr_step=model.num_timesteps - 1, key=0)).x.block_until_ready()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ddpm_jax.atomic import write_with
 from ddpm_jax.images import make_grid, to_uint8
 
 DISPLAY_SIZE = 256  # small models are upscaled (nearest) to at least this
@@ -84,23 +85,16 @@ def progress_bar(done: int, total: int, label: str) -> str:
             f'<span class="ddpm-bar-text">{html.escape(label)} {done} / {total} steps</span>')
 
 
-def write_png(img: np.ndarray, path) -> Path:
-    path = Path(path)
-    Image.fromarray(for_display(img)).save(path)
-    return path
-
-
 def write_gif(frames: list[np.ndarray], path, scale: int = 1, fps: float = 12.0,
               hold_last_s: float = 1.5) -> Path:
     """Animated GIF of HWC uint8 frames (upscaled by `scale`), looping."""
     if not frames:
         raise ValueError("no frames to write: run a chain first")
-    path = Path(path)
     pics = [Image.fromarray(for_display(upscale(f, scale))) for f in frames]
     frame_ms = round(1000 / fps)
     durations = [frame_ms] * (len(pics) - 1) + [max(frame_ms, round(1000 * hold_last_s))]
-    pics[0].save(path, save_all=True, append_images=pics[1:], duration=durations, loop=0)
-    return path
+    return write_with(path, lambda f: pics[0].save(f, format="GIF", save_all=True, append_images=pics[1:],
+                                                  duration=durations, loop=0))
 
 
 def image_to_x0(img: np.ndarray, resolution: int, channels: int) -> np.ndarray:

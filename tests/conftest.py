@@ -6,18 +6,15 @@ import tempfile
 import jax
 import pytest
 
-from ddpm_jax import Diffusion, DiffusionConfig, UNetConfig
+from ddpm_jax import Diffusion
 from ddpm_jax.unet import init_params
+
+from .helpers import TINY_DIFFUSION, TINY_UNET
 
 # Downloads, converted params and compiled programs of the tests stay out of
 # the user's cache (tests that need their own cache override this).
 os.environ.setdefault("DDPM_JAX_CACHE", tempfile.mkdtemp(prefix="ddpm_jax_test_cache_"))
 
-TINY_UNET = UNetConfig(
-    resolution=8, in_channels=1, out_ch=1, ch=32, ch_mult=(1, 2),
-    num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
-)
-TINY_DIFFUSION = DiffusionConfig(num_diffusion_timesteps=40, model_var_type="fixedlarge")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 
 from ddpm_jax.demo.measure import CHROMIUM, CHROMIUM_ARGS
 
-from .test_demo import T, make_tiny_model, serving, tiny_models
+from .helpers import T, make_tiny_model, serving, tiny_models
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 

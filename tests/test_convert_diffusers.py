@@ -21,7 +21,7 @@ from ddpm_jax.download import DownloadError
 from ddpm_jax.pretrained import load_pretrained
 from ddpm_jax.weights import flatten_params
 
-from .convert_helpers import TINY, numpy_state_dict, random_diffusers_unet
+from .helpers import CONVERT_UNET, numpy_state_dict, random_diffusers_unet, save_diffusers_folder
 
 torch = pytest.importorskip("torch")
 
@@ -44,7 +44,7 @@ CAT_256_SCHEDULER = {
 
 @pytest.fixture(scope="module")
 def tiny_torch():
-    return random_diffusers_unet(TINY, seed=5)
+    return random_diffusers_unet(CONVERT_UNET, seed=5)
 
 
 def test_hub_cat_config_is_the_lsun_preset():
@@ -62,7 +62,7 @@ def test_cifar10_layout_maps_to_the_cifar10_preset():
     assert diffusion_config_from_diffusers(sched) == DIFFUSION_PRESETS["cifar10"]
 
 
-@pytest.mark.parametrize("config", [TINY, *UNET_PRESETS.values()])
+@pytest.mark.parametrize("config", [CONVERT_UNET, *UNET_PRESETS.values()])
 def test_unet_config_round_trip(config):
     assert unet_config_from_diffusers(json.loads(json.dumps(unet_config_to_diffusers(config)))) == config
 
@@ -120,7 +120,7 @@ def test_old_and_new_attention_names_give_the_same_params(tiny_torch):
             k = k.replace(new, was)
         old[k] = v
     assert any(".proj_attn." in k for k in old) and not any(".to_out.0." in k for k in old)
-    a, b = flatten_params(diffusers_to_flax(state, TINY)), flatten_params(diffusers_to_flax(old, TINY))
+    a, b = flatten_params(diffusers_to_flax(state, CONVERT_UNET)), flatten_params(diffusers_to_flax(old, CONVERT_UNET))
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -130,15 +130,7 @@ def test_strict_on_unexpected_and_missing_keys(tiny_torch):
     del state["mid_block.attentions.0.to_out.0.bias"]
     with pytest.raises(ValueError, match="1 missing: mid_block.attentions.0.to_out.0.bias; "
                                          "1 unexpected: time_embedding.cond_proj.weight"):
-        diffusers_to_flax(state, TINY)
-
-
-def save_diffusers_folder(model, folder, *, safe=True, variance="fixed_small", num_train_timesteps=1000):
-    from diffusers import DDPMScheduler
-
-    model.save_pretrained(folder, safe_serialization=safe)
-    DDPMScheduler(num_train_timesteps=num_train_timesteps, variance_type=variance).save_pretrained(folder)
-    return folder
+        diffusers_to_flax(state, CONVERT_UNET)
 
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
@@ -148,8 +140,8 @@ def test_folder_loads_through_from_pretrained(tiny_torch, tmp_path, monkeypatch,
     weights = "diffusion_pytorch_model." + ("safetensors" if safe else "bin")
     assert sorted(p.name for p in folder.iterdir()) == sorted(["config.json", "scheduler_config.json", weights])
     model = Diffusion.from_pretrained(folder)
-    assert model.unet_config == TINY and model.diffusion_config == DiffusionConfig(model_var_type="fixedlarge")
-    want = flatten_params(diffusers_to_flax(numpy_state_dict(tiny_torch), TINY))
+    assert model.unet_config == CONVERT_UNET and model.diffusion_config == DiffusionConfig(model_var_type="fixedlarge")
+    want = flatten_params(diffusers_to_flax(numpy_state_dict(tiny_torch), CONVERT_UNET))
     got = flatten_params(model.params)
     assert all(np.array_equal(np.asarray(got[k]), want[k]) for k in want)
     assert len(list((tmp_path / "cache" / "converted").glob("local-*.safetensors"))) == 1
@@ -162,7 +154,7 @@ def test_pipeline_layout_with_unet_and_scheduler_subfolders(tiny_torch, tmp_path
     tiny_torch.save_pretrained(tmp_path / "pipe" / "unet")
     DDPMScheduler(num_train_timesteps=50, variance_type="fixed_large").save_pretrained(tmp_path / "pipe" / "scheduler")
     dcfg, ucfg, _ = load_pretrained(tmp_path / "pipe")
-    assert ucfg == TINY and dcfg.num_diffusion_timesteps == 50 and dcfg.model_var_type == "fixedlarge"
+    assert ucfg == CONVERT_UNET and dcfg.num_diffusion_timesteps == 50 and dcfg.model_var_type == "fixedlarge"
 
 
 def fake_hub_cache(root, repo_id, files: dict):
@@ -187,7 +179,7 @@ def test_hub_id_from_the_huggingface_cache_offline(tiny_torch, tmp_path, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path / "cache"))
     model = Diffusion.from_pretrained("google/ddpm-tiny")
-    assert model.unet_config == TINY and model.num_timesteps == 20
+    assert model.unet_config == CONVERT_UNET and model.num_timesteps == 20
     assert len(list((tmp_path / "cache" / "converted").glob("hub-google--ddpm-tiny-*.safetensors"))) == 1
 
 

@@ -10,7 +10,7 @@ from ddpm_jax.convert.mapping import key_table, theirs_from_ours
 from ddpm_jax.convert.port import PORT_TABLE, flax_to_port, matching_presets, port_to_flax
 from ddpm_jax.weights import flatten_params
 
-from .convert_helpers import TINY, random_params, zero_state_dict
+from .helpers import CONVERT_UNET, random_params, zero_state_dict
 
 
 def port_shapes(config):
@@ -19,7 +19,7 @@ def port_shapes(config):
             for k in key_table(PORT_TABLE, config)}
 
 
-@pytest.mark.parametrize("config", [TINY, UNET_PRESETS["cifar10"]], ids=["tiny", "cifar10"])
+@pytest.mark.parametrize("config", [CONVERT_UNET, UNET_PRESETS["cifar10"]], ids=["tiny", "cifar10"])
 def test_round_trip_is_exact(config):
     params = random_params(config, seed=3)
     state = flax_to_port(params, config)
@@ -31,8 +31,8 @@ def test_round_trip_is_exact(config):
 
 def test_layouts_follow_the_port():
     """OIHW convs, (out, in) Dense, 1x1 convs for q/k/v/proj_out/nin_shortcut, GroupNorm weight."""
-    params = random_params(TINY, seed=4)
-    state = flax_to_port(params, TINY)
+    params = random_params(CONVERT_UNET, seed=4)
+    state = flax_to_port(params, CONVERT_UNET)
     conv = params["down_0"]["block_0"]["conv1"]["kernel"]  # HWIO
     np.testing.assert_array_equal(state["down.0.block.0.conv1.weight"], conv.transpose(3, 2, 0, 1))
     dense = params["temb"]["dense_1"]["kernel"]
@@ -71,12 +71,12 @@ def test_lsun_checkpoint_given_cifar10_config_says_so():
 
 
 def test_missing_unexpected_and_misshaped_keys_are_named():
-    state = zero_state_dict(port_shapes(TINY))
+    state = zero_state_dict(port_shapes(CONVERT_UNET))
     del state["mid.attn_1.q.bias"]
     state["mid.attn_1.extra.weight"] = np.zeros(3, np.float32)
     state["conv_out.weight"] = np.zeros((3, 32, 1, 1), np.float32)
     with pytest.raises(ValueError) as err:
-        port_to_flax(state, TINY, source="x.ckpt")
+        port_to_flax(state, CONVERT_UNET, source="x.ckpt")
     msg = str(err.value)
     assert "1 missing: mid.attn_1.q.bias" in msg
     assert "1 unexpected: mid.attn_1.extra.weight" in msg
@@ -84,7 +84,7 @@ def test_missing_unexpected_and_misshaped_keys_are_named():
 
 
 def test_a_linear_where_the_port_has_a_1x1_conv_is_misshaped():
-    state = zero_state_dict(port_shapes(TINY))
+    state = zero_state_dict(port_shapes(CONVERT_UNET))
     state["mid.attn_1.q.weight"] = np.zeros((64, 64), np.float32)
     with pytest.raises(ValueError, match=r"mid\.attn_1\.q\.weight: \(64, 64\) \(expected \(64, 64, 1, 1\)\)"):
-        port_to_flax(state, TINY)
+        port_to_flax(state, CONVERT_UNET)

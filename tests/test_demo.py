@@ -3,55 +3,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import threading
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_jax import Diffusion, DiffusionConfig, UNetConfig
+from ddpm_jax import Diffusion
 from ddpm_jax.demo import render
-from ddpm_jax.demo.app import Demo, build_app, launch
+from ddpm_jax.demo.app import Demo
 from ddpm_jax.demo.models import Models, ModelUnavailable
 from ddpm_jax.demo.state import Session, Trajectory, parse_int
-from ddpm_jax.unet import init_params
+
+from .helpers import CHUNK, ONE_LEVEL_UNET, T, make_tiny_model, serving, tiny_models
 
 gradio_client = pytest.importorskip("gradio_client")
 
-# Smaller than conftest's tiny model: one level, no attention, so it compiles fast.
-DEMO_UNET = UNetConfig(resolution=8, in_channels=1, out_ch=1, ch=32, ch_mult=(1,),
-                       num_res_blocks=1, attn_resolutions=(), dropout=0.0)
-T = 40
-CHUNK = 5
-SCALE = render.display_scale(DEMO_UNET.resolution)
-
-
-def make_tiny_model(path):
-    model = Diffusion(DiffusionConfig(num_diffusion_timesteps=T), DEMO_UNET,
-                      init_params(DEMO_UNET, jax.random.key(0)))
-    model.save_pretrained(path)
-    return str(path)
-
-
-def tiny_models(path) -> Models:
-    """The tiny model, plus a choice that cannot be loaded."""
-    return Models({"tiny": (path, path), "broken": ("no_such_model", "ema_no_such_model")},
-                  chunk_size=CHUNK)
-
-
-@contextlib.contextmanager
-def serving(models, **kwargs):
-    """The app on 127.0.0.1 (a free port), closed afterwards; yields its URL."""
-    app = build_app(models, "tiny", **kwargs)
-    _, url, _ = launch(app, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True)
-    try:
-        assert url.startswith("http://127.0.0.1:")
-        yield url
-    finally:
-        app.close()
+SCALE = render.display_scale(ONE_LEVEL_UNET.resolution)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +49,7 @@ def check_view(out, step):
     assert image.endswith(".png") and plot.endswith(".png")
     pic = Image.open(image)
     assert pic.mode == "L"  # one channel, like the model
-    assert pic.size == (DEMO_UNET.resolution * SCALE,) * 2
+    assert pic.size == (ONE_LEVEL_UNET.resolution * SCALE,) * 2
     # nearest-neighbour upscaling: each model pixel is a SCALE x SCALE block
     arr = np.asarray(pic)
     assert (arr == np.repeat(np.repeat(arr[::SCALE, ::SCALE], SCALE, 0), SCALE, 1)).all()
@@ -98,7 +67,7 @@ def test_reset_denoise_diffuse(url):
     check_view(c.predict(12, True, True, api_name="/denoise"), T - 19)
     check_view(c.predict(5, False, api_name="/diffuse"), T - 14)
     png = Image.open(c.predict(False, api_name="/save_image"))
-    assert png.size == (DEMO_UNET.resolution,) * 2  # downloads are at model resolution
+    assert png.size == (ONE_LEVEL_UNET.resolution,) * 2  # downloads are at model resolution
 
 
 def test_same_seed_same_chain_whatever_the_split(url):

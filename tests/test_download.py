@@ -15,7 +15,7 @@ import pytest
 
 from ddpm_jax.download import DownloadError, cache_dir, fetch
 
-from .convert_helpers import CheckpointServer
+from .helpers import CheckpointServer
 
 PAYLOAD = random.Random(0).randbytes(300_000)
 MD5 = hashlib.md5(PAYLOAD).hexdigest()

@@ -25,7 +25,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from ddpm_jax import Diffusion, DiffusionConfig, UNetConfig  # noqa: E402
+from ddpm_jax import Diffusion, DiffusionConfig  # noqa: E402
 from ddpm_jax import unet as unet_module  # noqa: E402
 from ddpm_jax.coefficients import make_coefficients  # noqa: E402
 from ddpm_jax.config import UNET_PRESETS  # noqa: E402
@@ -34,12 +34,10 @@ from ddpm_jax.convert.port import port_to_flax  # noqa: E402
 from ddpm_jax.sampling import _DENOISE, _per_sample_normal, initial_noise  # noqa: E402
 from ddpm_jax.weights import flatten_params  # noqa: E402
 
-from .convert_helpers import TINY, diffusers_to_port, numpy_state_dict, random_diffusers_unet  # noqa: E402
+from .helpers import CONVERT_UNET, RGB_UNET, diffusers_to_port, numpy_state_dict, random_diffusers_unet  # noqa: E402
 
 log = logging.getLogger(__name__)
 TIMESTEPS = (0, 17, 500, 999)
-# The chain test compiles a whole sampler: the smallest UNet with every part.
-CHAIN_UNET = UNetConfig(resolution=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
 TOL = 1e-4
 
 
@@ -97,15 +95,15 @@ def report(label, err):
 @pytest.fixture(scope="module")
 def tiny_case():
     """(params, x, t, PyTorch float64 eps) for a random tiny UNet2DModel."""
-    model = random_diffusers_unet(TINY, seed=0)
-    params = converted_both_ways(model, TINY)
-    x, t = inputs(TINY, TIMESTEPS)
+    model = random_diffusers_unet(CONVERT_UNET, seed=0)
+    params = converted_both_ways(model, CONVERT_UNET)
+    x, t = inputs(CONVERT_UNET, TIMESTEPS)
     return model, params, x, t, torch_eps(model, x, t, torch.float64)
 
 
 def test_tiny_matches_diffusers(tiny_case):
     model, params, x, t, ref64 = tiny_case
-    ours = our_eps(TINY, params, x, t)
+    ours = our_eps(CONVERT_UNET, params, x, t)
     err64, err32 = max_err(ours, ref64), max_err(ours, torch_eps(model, x, t, torch.float32))
     report("tiny vs float64", err64)
     report("tiny vs float32", err32)
@@ -119,7 +117,7 @@ def test_wrong_groupnorm_epsilon_shows_only_at_small_scale(tiny_case, monkeypatc
     _, params, x, t, ref64 = tiny_case
     monkeypatch.setattr(unet_module, "_norm", lambda name: nn.GroupNorm(
         num_groups=32, epsilon=1e-5, use_fast_variance=False, name=name))
-    err = max_err(our_eps(TINY, params, x, t), ref64)
+    err = max_err(our_eps(CONVERT_UNET, params, x, t), ref64)
     n = len(TIMESTEPS)
     assert err[:n].max() <= TOL < err[n:].min()
 
@@ -160,9 +158,9 @@ def test_reverse_chain_matches_ddpm_scheduler(monkeypatch):
     from diffusers.schedulers import scheduling_ddpm
 
     T, n = 10, 2
-    model = random_diffusers_unet(CHAIN_UNET, seed=3)
-    params = diffusers_to_flax(numpy_state_dict(model), CHAIN_UNET)
-    shape = (CHAIN_UNET.resolution, CHAIN_UNET.resolution, CHAIN_UNET.in_channels)
+    model = random_diffusers_unet(RGB_UNET, seed=3)
+    params = diffusers_to_flax(numpy_state_dict(model), RGB_UNET)
+    shape = (RGB_UNET.resolution, RGB_UNET.resolution, RGB_UNET.in_channels)
     key, ids = jax.random.key(7), jnp.arange(n)
     to_torch = lambda a: torch.from_numpy(np.asarray(a).transpose(0, 3, 1, 2).copy())  # noqa: E731
     noise = {t: to_torch(_per_sample_normal(jax.random.fold_in(key, _DENOISE), ids, t, shape)) for t in range(T)}
@@ -172,10 +170,10 @@ def test_reverse_chain_matches_ddpm_scheduler(monkeypatch):
     for variance, ours_name in (("fixed_large", "fixedlarge"), ("fixed_small", "fixedsmall")):
         dcfg = DiffusionConfig(num_diffusion_timesteps=T, model_var_type=ours_name)
         if sampler is None:
-            sampler = Diffusion(dcfg, CHAIN_UNET, params, chunk_size=T // 2)
+            sampler = Diffusion(dcfg, RGB_UNET, params, chunk_size=T // 2)
         else:  # the tables are an argument of the compiled chunk: swap them, compile once
             sampler.coeffs = make_coefficients(dcfg)
-        ours = {step: np.asarray(x) for x, step, _ in sampler.denoise_steps(n, key=key)}  # steps 5 and 0
+        ours = {s.step: np.asarray(s.x) for s in sampler.denoise_steps(n, key=key)}  # steps 5 and 0
 
         sched = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                               variance_type=variance, clip_sample=True)

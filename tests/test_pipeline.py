@@ -12,7 +12,7 @@ from ddpm_jax.cli import main
 from ddpm_jax.images import make_grid, to_uint8
 from ddpm_jax.weights import flatten_params, load_weights
 
-from .conftest import TINY_DIFFUSION, TINY_UNET
+from .helpers import TINY_DIFFUSION, TINY_UNET
 
 
 def test_params_round_trip_through_safetensors(saved, tiny_model):

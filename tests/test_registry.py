@@ -18,7 +18,7 @@ from ddpm_jax.download import DownloadError
 from ddpm_jax.pretrained import HUB_MODELS, REGISTRY, PortCheckpoint, available_models
 from ddpm_jax.weights import flatten_params, load_weights, save_weights
 
-from .convert_helpers import TINY, CheckpointServer, random_params
+from .helpers import CONVERT_UNET, CheckpointServer, random_params, save_diffusers_folder
 
 torch = pytest.importorskip("torch")
 
@@ -39,11 +39,11 @@ def same_params(a, b):
 @pytest.fixture
 def tiny_entry(tmp_path, monkeypatch):
     """A tiny port checkpoint served on 127.0.0.1 and registered as 'tiny_test'."""
-    params = random_params(TINY, seed=11)
-    body = torch_bytes(flax_to_port(params, TINY))
+    params = random_params(CONVERT_UNET, seed=11)
+    body = torch_bytes(flax_to_port(params, CONVERT_UNET))
     server = CheckpointServer({"/tiny.ckpt": body})
     entry = PortCheckpoint(server.url("/tiny.ckpt"), "tiny_test_model/model-1.ckpt",
-                           hashlib.md5(body).hexdigest(), TINY_DIFFUSION, TINY)
+                           hashlib.md5(body).hexdigest(), TINY_DIFFUSION, CONVERT_UNET)
     monkeypatch.setitem(REGISTRY, "tiny_test", entry)
     monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path / "cache"))
     for var in ("HF_HUB_OFFLINE", "DDPM_JAX_OFFLINE"):
@@ -55,7 +55,7 @@ def tiny_entry(tmp_path, monkeypatch):
 def test_registered_name_downloads_converts_and_caches(tiny_entry, tmp_path, monkeypatch):
     server, entry, params = tiny_entry
     model = Diffusion.from_pretrained("tiny_test")
-    assert model.unet_config == TINY and model.diffusion_config == TINY_DIFFUSION
+    assert model.unet_config == CONVERT_UNET and model.diffusion_config == TINY_DIFFUSION
     assert same_params(model.params, params)
     cache = tmp_path / "cache"
     assert (cache / "tiny_test_model" / "model-1.ckpt").is_file()
@@ -75,7 +75,7 @@ def test_corrupt_converted_cache_is_converted_again(tiny_entry, tmp_path):
     converted = tmp_path / "cache" / "converted" / f"tiny_test-{entry.md5}.safetensors"
     converted.write_bytes(converted.read_bytes()[:100])
     assert same_params(Diffusion.from_pretrained("tiny_test").params, params)
-    assert load_weights(converted)[1] == TINY and server.requests["/tiny.ckpt"] == 1
+    assert load_weights(converted)[1] == CONVERT_UNET and server.requests["/tiny.ckpt"] == 1
 
 
 def test_offline_and_not_cached_is_a_clear_error(tiny_entry, tmp_path, monkeypatch):
@@ -129,17 +129,17 @@ def test_unknown_name_lists_the_known_ones():
 
 def test_cli_to_torch_and_back_is_exact(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(UNET_PRESETS, "tiny", TINY)  # a preset, so the shapes pick it
+    monkeypatch.setitem(UNET_PRESETS, "tiny", CONVERT_UNET)  # a preset, so the shapes pick it
     monkeypatch.setitem(DIFFUSION_PRESETS, "tiny", TINY_DIFFUSION)
-    params = random_params(TINY, seed=12)
-    save_weights(tmp_path / "ours.safetensors", params, TINY_DIFFUSION, TINY)
+    params = random_params(CONVERT_UNET, seed=12)
+    save_weights(tmp_path / "ours.safetensors", params, TINY_DIFFUSION, CONVERT_UNET)
     assert main(["convert", "--to-torch", str(tmp_path / "ours.safetensors"), str(tmp_path / "port.ckpt")]) == 0
     state = torch.load(tmp_path / "port.ckpt", weights_only=True)
     assert state["mid.attn_1.q.weight"].shape == (64, 64, 1, 1) and len(state) == len(flatten_params(params))
 
     assert main(["convert", str(tmp_path / "port.ckpt"), str(tmp_path / "back.safetensors")]) == 0  # preset by shape
     got_d, got_u, got = load_weights(tmp_path / "back.safetensors")
-    assert (got_d, got_u) == (TINY_DIFFUSION, TINY) and same_params(got, params)
+    assert (got_d, got_u) == (TINY_DIFFUSION, CONVERT_UNET) and same_params(got, params)
 
     assert main(["convert", str(tmp_path / "port.ckpt"), str(tmp_path / "x.safetensors"), "--config", "lsun"]) == 2
     err = capsys.readouterr().err
@@ -151,20 +151,19 @@ def test_cli_to_torch_and_back_is_exact(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_converts_a_diffusers_folder(tmp_path):
-    from .convert_helpers import numpy_state_dict, random_diffusers_unet
-    from .test_convert_diffusers import save_diffusers_folder
+    from .helpers import numpy_state_dict, random_diffusers_unet
     from ddpm_jax.convert.diffusers_format import diffusers_to_flax
 
-    model = random_diffusers_unet(TINY, seed=13)
+    model = random_diffusers_unet(CONVERT_UNET, seed=13)
     folder = save_diffusers_folder(model, tmp_path / "model", variance="fixed_large", num_train_timesteps=30)
     assert main(["convert", str(folder), str(tmp_path / "out.safetensors")]) == 0
     dcfg, ucfg, params = load_weights(tmp_path / "out.safetensors")
-    assert ucfg == TINY and dcfg == DiffusionConfig(num_diffusion_timesteps=30, model_var_type="fixedlarge")
-    assert same_params(params, diffusers_to_flax(numpy_state_dict(model), TINY))
+    assert ucfg == CONVERT_UNET and dcfg == DiffusionConfig(num_diffusion_timesteps=30, model_var_type="fixedlarge")
+    assert same_params(params, diffusers_to_flax(numpy_state_dict(model), CONVERT_UNET))
     assert main(["convert", str(folder), str(tmp_path / "x.safetensors"), "--config", "cifar10"]) == 2
 
 
 def test_tiny_local_checkpoint_fits_no_preset(tmp_path):
-    (tmp_path / "tiny.ckpt").write_bytes(torch_bytes(flax_to_port(random_params(TINY), TINY)))
+    (tmp_path / "tiny.ckpt").write_bytes(torch_bytes(flax_to_port(random_params(CONVERT_UNET), CONVERT_UNET)))
     with pytest.raises(ValueError, match="fits none of the UNet presets"):
         Diffusion.from_pretrained(tmp_path / "tiny.ckpt")

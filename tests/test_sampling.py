@@ -6,7 +6,7 @@ import pytest
 
 from ddpm_jax import Diffusion
 
-from .conftest import TINY_DIFFUSION, TINY_UNET
+from .helpers import TINY_DIFFUSION, TINY_UNET
 
 
 def test_resumed_denoise_equals_one_run(tiny_model):
@@ -80,7 +80,7 @@ def test_diffuse_resumes_and_reaches_noise(tiny_model):
 
 def test_callback_between_chunks(tiny_model):
     seen = []
-    tiny_model.denoise(1, n_steps=20, key=0, callback=lambda x, s, x0: seen.append((s, x.shape, x0.shape)))
+    tiny_model.denoise(1, n_steps=20, key=0, callback=lambda s: seen.append((s.step, s.x.shape, s.pred_x0.shape)))
     T = tiny_model.num_timesteps
     assert [s for s, _, _ in seen] == [T - 8, T - 16, T - 20]
     assert all(shape == (1, 8, 8, 1) for _, shape, _ in seen)
@@ -158,7 +158,7 @@ def test_respaced_chains(tiny_model):
 
 def test_bfloat16_unet_stays_close_to_float32(tiny_model, tiny_params):
     bf16 = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, chunk_size=8, dtype="bfloat16")
-    assert jax.tree.leaves(bf16._run_params)[0].dtype == jax.numpy.bfloat16
+    assert jax.tree.leaves(bf16.run_params)[0].dtype == jax.numpy.bfloat16
     a, b = np.asarray(bf16.denoise(2, key=3)), np.asarray(tiny_model.denoise(2, key=3))
     assert a.dtype == np.float32 and np.all(np.isfinite(a))
     assert 0 < np.abs(a - b).max() < 0.25

@@ -95,16 +95,15 @@ def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
         from ddpm_jax.data import load_digits_images
         from ddpm_jax.sharding import data_mesh, replicate
         from ddpm_jax.train import init_state, make_train_step
-        from tests.conftest import TINY_DIFFUSION
-        from tests.test_train import MINI_TRAIN, MINI_UNET
+        from tests.helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION
         assert jax.device_count() == 4
         data = jnp.asarray(load_digits_images(8))
         coeffs = make_coefficients(TINY_DIFFUSION)
         runs = []
         for devices in (jax.devices()[:1], jax.devices()):
             mesh = data_mesh(devices)
-            state, d, c = replicate((init_state(MINI_UNET, MINI_TRAIN), data, coeffs), mesh)
-            step = make_train_step(MINI_UNET, MINI_TRAIN, mesh)
+            state, d, c = replicate((init_state(ONE_LEVEL_UNET, MINI_TRAIN), data, coeffs), mesh)
+            step = make_train_step(ONE_LEVEL_UNET, MINI_TRAIN, mesh)
             losses = []
             for _ in range(15):
                 state, m = step(state, d, c)
@@ -116,7 +115,7 @@ def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
         # steps of up to lr (1e-3), so params agree to a few lr, not to 1e-6.
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=15 * 1e-3), p4, p1)
         try:
-            make_train_step(MINI_UNET, MINI_TRAIN.__class__(batch_size=6), data_mesh())
+            make_train_step(ONE_LEVEL_UNET, MINI_TRAIN.__class__(batch_size=6), data_mesh())
         except ValueError as err:
             assert "multiple of 4" in str(err)
         else:

@@ -9,27 +9,21 @@ import optax
 import pytest
 
 from ddpm_jax.coefficients import make_coefficients
-from ddpm_jax.config import UNetConfig
 from ddpm_jax.data import load_digits_images
 from ddpm_jax.train import (
-    TrainConfig, diffusion_loss, ema_update, init_state, make_optimizer, make_train_step, sample_batch,
+    diffusion_loss, ema_update, init_state, make_optimizer, make_train_step, sample_batch,
 )
 from ddpm_jax.unet import UNet
 
-from .conftest import TINY_DIFFUSION
+from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION
 
-# One level, no attention below the mid block: compiles in seconds.
-MINI_UNET = UNetConfig(resolution=8, in_channels=1, out_ch=1, ch=32, ch_mult=(1,),
-                       num_res_blocks=1, attn_resolutions=(), dropout=0.1)
-MINI_TRAIN = TrainConfig(learning_rate=1e-3, warmup_steps=20, ema_decay=0.99, batch_size=16,
-                         random_flip=False, seed=0)
 
 
 def test_a_few_hundred_steps_lower_the_loss():
     data = jnp.asarray(load_digits_images(8))
     coeffs = make_coefficients(TINY_DIFFUSION)
-    state = init_state(MINI_UNET, MINI_TRAIN)
-    step = make_train_step(MINI_UNET, MINI_TRAIN)
+    state = init_state(ONE_LEVEL_UNET, MINI_TRAIN)
+    step = make_train_step(ONE_LEVEL_UNET, MINI_TRAIN)
     losses = []
     for _ in range(300):
         state, m = step(state, data, coeffs)
@@ -51,8 +45,8 @@ def test_ema_update_matches_its_formula():
 def test_train_step_updates_ema_from_new_params():
     data = jnp.asarray(load_digits_images(8))
     coeffs = make_coefficients(TINY_DIFFUSION)
-    s0 = init_state(MINI_UNET, MINI_TRAIN)
-    s1, _ = make_train_step(MINI_UNET, MINI_TRAIN)(s0, data, coeffs)
+    s0 = init_state(ONE_LEVEL_UNET, MINI_TRAIN)
+    s1, _ = make_train_step(ONE_LEVEL_UNET, MINI_TRAIN)(s0, data, coeffs)
     d = MINI_TRAIN.ema_decay
     want = jax.tree.map(lambda e, p: d * e + (1 - d) * p, s0.ema_params, s1.params)
     for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(s1.ema_params)):
@@ -85,8 +79,8 @@ def test_warmup_is_linear_then_flat_and_grads_are_clipped():
 
 def test_loss_is_the_eps_mse_at_uniform_t():
     coeffs = make_coefficients(TINY_DIFFUSION)
-    model = UNet(MINI_UNET)
-    params = init_state(MINI_UNET, MINI_TRAIN).params
+    model = UNet(ONE_LEVEL_UNET)
+    params = init_state(ONE_LEVEL_UNET, MINI_TRAIN).params
     x0 = jnp.asarray(load_digits_images(8)[:4])
     key = jax.random.key(3)
     loss = jax.jit(lambda p: diffusion_loss(p, model, x0, key, coeffs, train=False))(params)

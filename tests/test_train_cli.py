@@ -10,13 +10,12 @@ from ddpm_jax.cli import main
 from ddpm_jax.pipeline import Diffusion
 from ddpm_jax.weights import flatten_params, load_weights
 
-from .conftest import TINY_DIFFUSION
-from .test_train import MINI_UNET
+from .helpers import ONE_LEVEL_UNET, TINY_DIFFUSION
 
 
 @pytest.fixture(autouse=True)
 def mini_preset(monkeypatch):
-    monkeypatch.setitem(config.UNET_PRESETS, "mini", MINI_UNET)
+    monkeypatch.setitem(config.UNET_PRESETS, "mini", ONE_LEVEL_UNET)
     monkeypatch.setitem(config.DIFFUSION_PRESETS, "mini", TINY_DIFFUSION)
 
 
@@ -60,7 +59,7 @@ def test_killed_and_resumed_run_matches_one_run(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     # The export is the EMA params, in the format from_pretrained reads.
     dcfg, ucfg, ema = load_weights(one / "ema.safetensors")
-    assert (dcfg, ucfg) == (TINY_DIFFUSION, MINI_UNET)
+    assert (dcfg, ucfg) == (TINY_DIFFUSION, ONE_LEVEL_UNET)
     for name, v in flatten_params(ema).items():
         np.testing.assert_array_equal(v, a[".ema_params" + "".join(f"['{p}']" for p in name.split("/"))])
     assert Diffusion.from_pretrained(str(one / "ema.safetensors")).image_shape == (8, 8, 1)

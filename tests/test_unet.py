@@ -6,7 +6,7 @@ import pytest
 from ddpm_jax.config import UNET_PRESETS, UNetConfig
 from ddpm_jax.unet import UNet, count_params, timestep_embedding
 
-from .conftest import TINY_UNET
+from .helpers import TINY_UNET
 
 
 @pytest.mark.parametrize("name, count", [("cifar10", 35_746_307), ("lsun", 113_673_219)])

@@ -1,4 +1,7 @@
-"""Shared by the converter, registry and parity tests: random PyTorch peers.
+"""What the tests share: tiny configs, random PyTorch peers, a loopback server.
+
+The tiny configs live here, and only here; test modules import from this
+module and `conftest.py`, never from each other.
 
 `diffusers_to_port` renames a diffusers state_dict into the port's keys with
 plain string edits, written apart from the converter's tables so that the two
@@ -7,16 +10,83 @@ tables are each checked against a real PyTorch model.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
+import jax
 import numpy as np
 
-from ddpm_jax.config import UNetConfig
+from ddpm_jax import Diffusion, DiffusionConfig, UNetConfig
+from ddpm_jax.train import TrainConfig
+from ddpm_jax.unet import init_params
 from ddpm_jax.weights import expected_shapes, unflatten_params
 
-# Three levels, attention at the middle one only, nin_shortcuts, both resamplers.
-TINY = UNetConfig(resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2,
-                  attn_resolutions=(8,), dropout=0.0)
+# Two levels with attention at 4x4 and dropout: every part of the UNet, 8x8 grayscale.
+TINY_UNET = UNetConfig(
+    resolution=8, in_channels=1, out_ch=1, ch=32, ch_mult=(1, 2),
+    num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
+)
+TINY_DIFFUSION = DiffusionConfig(num_diffusion_timesteps=40, model_var_type="fixedlarge")
+# One level, no attention below the mid block: compiles fastest (demo, training).
+ONE_LEVEL_UNET = UNetConfig(resolution=8, in_channels=1, out_ch=1, ch=32, ch_mult=(1,),
+                            num_res_blocks=1, attn_resolutions=(), dropout=0.1)
+# RGB, every part, no dropout: whole chains against diffusers' PyTorch scheduler.
+RGB_UNET = UNetConfig(resolution=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                      dropout=0.0)
+# Three levels, attention at the middle one only, nin_shortcuts, both resamplers:
+# the converter's tables against a real PyTorch model.
+CONVERT_UNET = UNetConfig(resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2,
+                          attn_resolutions=(8,), dropout=0.0)
+MINI_TRAIN = TrainConfig(learning_rate=1e-3, warmup_steps=20, ema_decay=0.99, batch_size=16,
+                         random_flip=False, seed=0)
+
+
+def tiny_diffusion_model(unet=TINY_UNET, T=40, seed=0, **kwargs) -> Diffusion:
+    """A randomly initialised model of `unet` over a T-step linear process."""
+    return Diffusion(DiffusionConfig(num_diffusion_timesteps=T), unet, init_params(unet, jax.random.key(seed)),
+                     **kwargs)
+
+
+# The demo's tiny model: a T-step process, compiled in chunks of CHUNK steps.
+T = 40
+CHUNK = 5
+
+
+def make_tiny_model(path) -> str:
+    """The one-level model saved as ddpm_jax params at `path`."""
+    tiny_diffusion_model(ONE_LEVEL_UNET, T).save_pretrained(path)
+    return str(path)
+
+
+def tiny_models(path):
+    """The demo's model registry: the tiny model, plus a choice that cannot be loaded."""
+    from ddpm_jax.demo.models import Models
+
+    return Models({"tiny": (path, path), "broken": ("no_such_model", "ema_no_such_model")},
+                  chunk_size=CHUNK)
+
+
+@contextlib.contextmanager
+def serving(models, **kwargs):
+    """The demo app on 127.0.0.1 (a free port), closed afterwards; yields its URL."""
+    from ddpm_jax.demo.app import build_app, launch
+
+    app = build_app(models, "tiny", **kwargs)
+    _, url, _ = launch(app, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        yield url
+    finally:
+        app.close()
+
+
+def save_diffusers_folder(model, folder, *, safe=True, variance="fixed_small", num_train_timesteps=1000):
+    """A diffusers UNet2DModel saved with a DDPMScheduler config beside it."""
+    from diffusers import DDPMScheduler
+
+    model.save_pretrained(folder, safe_serialization=safe)
+    DDPMScheduler(num_train_timesteps=num_train_timesteps, variance_type=variance).save_pretrained(folder)
+    return folder
 
 
 def random_diffusers_unet(config: UNetConfig, seed: int = 0):
