@@ -1,15 +1,16 @@
 """`ddpm-jax convert SRC DST`: PyTorch checkpoints to ddpm_jax params, and back.
 
-SRC is a port checkpoint (.ckpt/.pt/.pth/.bin, or .safetensors with the
-port's keys), a diffusers model folder, a Hub id or a registered name;
-DST is a ddpm_jax .safetensors file. With --to-torch, SRC is anything
-`Diffusion.from_pretrained` takes and DST the port's state_dict (.ckpt).
+SRC is anything `resolve.resolve` takes: a port checkpoint (.ckpt/.pt/.pth/.bin,
+or .safetensors with the port's keys), a diffusers model folder, a Hub id or a
+registered name; DST is a ddpm_jax .safetensors file. With --to-torch, DST is
+the port's state_dict (.ckpt). DST is never one of SRC's files.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from ddpm_jax.config import UNET_PRESETS
 
@@ -35,24 +36,35 @@ def save_torch_state_dict(state: dict, path):
         torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp)
 
 
+def check_destination(dst: Path, sources: list[Path]):
+    """Refuse, before anything is read or written, a DST that is a folder or one of SRC's files."""
+    if dst.is_dir():
+        raise ValueError(f"DST {dst} is a folder; give a file name, e.g. {dst / 'model.safetensors'}")
+    if dst.exists() and any(dst.resolve() == s.resolve() for s in sources if s.exists()):
+        raise ValueError(f"DST {dst} is the source checkpoint itself; refusing to overwrite it: choose "
+                         "another DST")
+
+
 def run(args) -> int:
-    from ddpm_jax.pretrained import REGISTRY, convert_checkpoint, load_pretrained
     from ddpm_jax.weights import save_weights
 
     from .port import flax_to_port
+    from .resolve import convert, load, resolve, source_files
 
     start = time.perf_counter()
+    dst = Path(args.dst).expanduser()
+    if args.to_torch and args.config:
+        raise ValueError("--config names the preset of a port checkpoint given as SRC; "
+                         "it does not apply with --to-torch")
+    source = resolve(args.src)
+    check_destination(dst, source_files(source))
     if args.to_torch:
-        if args.config:
-            raise ValueError("--config names the preset of a port checkpoint given as SRC; "
-                             "it does not apply with --to-torch")
-        _, ucfg, params = load_pretrained(args.src)
-        save_torch_state_dict(flax_to_port(params, ucfg), args.dst)
+        _, ucfg, params = load(source)
+        save_torch_state_dict(flax_to_port(params, ucfg), dst)
     else:
-        if args.src in REGISTRY and args.config is None:
-            dcfg, ucfg, params = load_pretrained(args.src)
-        else:
-            dcfg, ucfg, params = convert_checkpoint(args.src, args.config)
-        save_weights(args.dst, params, dcfg, ucfg)
-    log.info("wrote %s in %.1f s", args.dst, time.perf_counter() - start)
+        # A released name goes through the cache (fetched and converted once).
+        dcfg, ucfg, params = (load(source) if source.kind == "released" and args.config is None
+                              else convert(source, args.config))
+        save_weights(dst, params, dcfg, ucfg)
+    log.info("wrote %s in %.1f s", dst, time.perf_counter() - start)
     return 0

@@ -7,10 +7,11 @@ the table below is a rename of separators plus the layout of each layer.
 
 from __future__ import annotations
 
-from ddpm_jax.config import UNET_PRESETS, UNetConfig
+from ddpm_jax.config import DIFFUSION_PRESETS, UNET_PRESETS, UNetConfig
 from ddpm_jax.weights import check_params, flatten_params
 
 from .mapping import CONV, CONV1X1, LINEAR, NORM, fits, from_flax, key_table, to_flax
+from .safe_load import load_state_dict
 
 _RESNET = (
     ("norm1", NORM), ("conv1", CONV), ("temb_proj", LINEAR),
@@ -62,3 +63,24 @@ def flax_to_port(params: dict, config: UNetConfig) -> dict:
     flat = flatten_params(params)
     check_params(flat, config)
     return from_flax(flat, key_table(PORT_TABLE, config))
+
+
+def load_port(path, preset: str | None = None):
+    """A port checkpoint file (a torch pickle or .safetensors) -> (dcfg, ucfg, params).
+
+    The configs are the named preset's or, when `preset` is None, those of the
+    one preset whose shapes the checkpoint fits.
+    """
+    state = load_state_dict(path)
+    if preset is None:
+        found = matching_presets(state)
+        if not found:
+            raise ValueError(
+                f"{path} fits none of the UNet presets ({', '.join(UNET_PRESETS)}); "
+                "pass --config NAME to see which keys differ"
+            )
+        preset = found[0]
+    if preset not in UNET_PRESETS:
+        raise ValueError(f"unknown config {preset!r}; valid: {', '.join(UNET_PRESETS)}")
+    ucfg = UNET_PRESETS[preset]
+    return DIFFUSION_PRESETS[preset], ucfg, port_to_flax(state, ucfg, source=str(path), config_name=preset)

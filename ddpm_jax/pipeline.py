@@ -152,8 +152,11 @@ class Diffusion:
 
     @classmethod
     def from_pretrained(cls, name_or_path, **kwargs) -> "Diffusion":
-        """A bundled or released name, a Hub id or a local path (see `pretrained.load_pretrained`)."""
-        from .pretrained import load_pretrained
+        """A bundled or released name, a Hub id or a local path (see `ddpm_jax.convert.resolve`).
+
+        The one door from the core to the converters, imported only when called.
+        """
+        from .convert.resolve import load_pretrained
 
         dcfg, ucfg, params = load_pretrained(name_or_path)
         return cls(dcfg, ucfg, params, **kwargs)

@@ -18,7 +18,7 @@ from ddpm_jax.convert.diffusers_format import (
     unet_config_to_diffusers,
 )
 from ddpm_jax.download import DownloadError
-from ddpm_jax.pretrained import load_pretrained
+from ddpm_jax.convert.resolve import load_pretrained
 from ddpm_jax.weights import flatten_params
 
 from .helpers import CONVERT_UNET, numpy_state_dict, random_diffusers_unet, save_diffusers_folder

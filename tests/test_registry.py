@@ -15,7 +15,7 @@ from ddpm_jax.cli import main
 from ddpm_jax.config import DIFFUSION_PRESETS, UNET_PRESETS, DiffusionConfig
 from ddpm_jax.convert.port import flax_to_port
 from ddpm_jax.download import DownloadError
-from ddpm_jax.pretrained import HUB_MODELS, REGISTRY, PortCheckpoint, available_models
+from ddpm_jax.convert.registry import HUB_MODELS, REGISTRY, PortCheckpoint, available_models
 from ddpm_jax.weights import flatten_params, load_weights, save_weights
 
 from .helpers import CONVERT_UNET, CheckpointServer, random_params, save_diffusers_folder

@@ -7,7 +7,7 @@ import pytest
 
 from ddpm_jax import Diffusion
 from ddpm_jax.config import DIFFUSION_PRESETS, UNET_PRESETS
-from ddpm_jax.pretrained import _MODELS_DIR, BUNDLED
+from ddpm_jax.convert.registry import BUNDLED, MODELS_DIR
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def no_network(monkeypatch):
 
 
 def test_digits_is_bundled_small_and_loads_offline(no_network):
-    path = _MODELS_DIR / BUNDLED["digits"]
+    path = MODELS_DIR / BUNDLED["digits"]
     assert path.stat().st_size <= 10 * 2**20
     model = Diffusion.from_pretrained("digits")
     assert model.unet_config == UNET_PRESETS["digits"]
