@@ -32,26 +32,15 @@ def _training(args, mesh):
     import dataclasses
 
     import jax
-    import jax.numpy as jnp
 
-    from ddpm_jax.coefficients import make_coefficients
     from ddpm_jax.config import DIFFUSION_PRESETS, UNET_PRESETS
     from ddpm_jax.data import load_digits_images
-    from ddpm_jax.sharding import replicate
-    from ddpm_jax.train import TRAIN_PRESETS, init_state, make_train_step
+    from ddpm_jax.train import TRAIN_PRESETS
+    from ddpm_jax.trainer import Trainer
 
-    ucfg, tcfg = UNET_PRESETS["digits"], dataclasses.replace(TRAIN_PRESETS["digits"], batch_size=args.batch)
-    step = make_train_step(ucfg, tcfg, mesh)
-    box = [init_state(ucfg, tcfg), jnp.asarray(load_digits_images(16)), make_coefficients(DIFFUSION_PRESETS["digits"])]
-    if mesh is not None:
-        box = list(replicate(tuple(box), mesh))
-
-    def run(rep):
-        for _ in range(args.steps):
-            box[0], metrics = step(*box)
-        jax.block_until_ready(metrics)
-
-    return run
+    tcfg = dataclasses.replace(TRAIN_PRESETS["digits"], batch_size=args.batch)
+    trainer = Trainer(load_digits_images(16), UNET_PRESETS["digits"], DIFFUSION_PRESETS["digits"], tcfg, mesh=mesh)
+    return lambda rep: jax.block_until_ready(trainer.train(args.steps))
 
 
 def worker(args):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -36,6 +37,19 @@ class TrainConfig:
     batch_size: int = 128
     random_flip: bool = True
     seed: int = 0
+
+    def __post_init__(self):
+        """Refuse values that would train on nothing or diverge silently."""
+        for name, lo, hi in (("learning_rate", 0.0, 1.0), ("grad_clip", 0.0, 1e6), ("ema_decay", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and lo <= value <= hi and math.isfinite(value)) or (
+                    name != "ema_decay" and value == 0):
+                raise ValueError(f"{name}={value!r} is out of range; expected a number in "
+                                 f"{'[' if name == 'ema_decay' else '('}{lo:g}, {hi:g}]")
+        for name, lo in (("warmup_steps", 0), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 2**31 - 1:
+                raise ValueError(f"{name}={value!r} is out of range; expected an int in [{lo}, {2**31 - 1}]")
 
 
 TRAIN_PRESETS = {

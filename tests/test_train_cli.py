@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import ddpm_jax.train as train_mod
+import ddpm_jax.trainer as train_mod
 from ddpm_jax import config
 from ddpm_jax.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
 from ddpm_jax.cli import main
