@@ -25,6 +25,7 @@ from ddpm_jax.sampling import initial_noise
 from . import render
 from .models import Models, ModelUnavailable
 from .state import Session, parse_int
+from .views import KEEP, View, bind
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,20 @@ class Demo:
     def _plot(self, model, step: int) -> np.ndarray:
         return render.schedule_plot(np.asarray(model.coeffs.alphas_cumprod), step)
 
-    def _view(self, session: Session, show_x0: bool, status: str):
-        """(image, step, status, plot) of the session as it stands."""
+    def _view(self, session: Session, show_x0: bool, status=KEEP) -> View:
+        """The session as it stands: image, step, plot (and `status`, if given)."""
         with session.lock:
             x, pred, step = session.x, session.pred_x0, session.step
             choice, ema = session.choice, session.ema
         if x is None:
-            return None, None, status, None
+            return View(image=None, step=None, status=status, plot=None)
         model = self.models.get(choice, ema)
         shown = pred if show_x0 and pred is not None else x
-        return self._frame(model, shown), step, status, self._plot(model, step)
+        return View(image=self._frame(model, shown), step=step, status=status, plot=self._plot(model, step))
+
+    def _warn(self, session: Session, show_x0: bool, err: Exception) -> View:
+        """A refused request: the session unchanged, the reason in the status line."""
+        return self._view(session, show_x0, WARN + str(err))
 
     def _ensure(self, session: Session):
         """The session's model; a tab that never pressed Reset (an API client) gets the default."""
@@ -108,31 +113,29 @@ class Demo:
     # -- handlers -----------------------------------------------------------
 
     def reset(self, session: Session, choice, ema, seed, batch):
-        """Fresh x_T from the seed: yields (image, step, status, plot, model, ema).
+        """Fresh x_T from the seed; also sets the model dropdown and EMA box.
 
         A model not loaded yet is fetched/converted/compiled first, which can
         take a while: the page says so meanwhile.
         """
         if choice in self.models.choices and not self.models.is_loaded(choice, ema):
             label = f"{choice}{' (EMA)' if ema else ''}"
-            yield *self._view(session, False, f"loading {label} (first use: fetch, convert, compile)…"), \
-                gr.skip(), gr.skip()
+            yield self._view(session, False, f"loading {label} (first use: fetch, convert, compile)…")
         try:
             model = self._reset(session, choice, ema, seed, batch)
         except (ValueError, ModelUnavailable) as err:
             status = WARN + str(err)
             if session.x is not None:
                 status += f" (still on {session.choice})"
-            yield *self._view(session, False, status), session.choice or choice, session.ema
+            yield self._view(session, False, status).but(model=session.choice or choice, ema=session.ema)
             return
         T = model.num_timesteps
         status = f"{choice}{' (EMA)' if session.ema else ''}: fresh x_T, step {T} of T={T}"
-        yield *self._view(session, False, status), session.choice, session.ema
+        yield self._view(session, False, status).but(model=session.choice, ema=session.ema)
 
     def view(self, session: Session, show_x0):
         """The session re-shown (x_t or predicted x_0); the status line stays."""
-        image, step, _, plot = self._view(session, bool(show_x0), "")
-        return image, step, gr.skip(), plot
+        return self._view(session, bool(show_x0))
 
     def stop(self, session: Session, show_x0):
         with session.lock:
@@ -141,20 +144,19 @@ class Demo:
         return self._view(session, bool(show_x0), f"stopped at step {step}")
 
     def _drive(self, session, gen, chunks, start, target, commit, render_fn, desc, superseded=None):
-        """Run `chunks` while chain `gen` owns the session; yield throttled views.
+        """Run `chunks` while chain `gen` owns the session; yield throttled Views.
 
         After each chunk (blocked on, so a Stop lands within one chunk) the
-        chain's state is committed; a view is yielded for the first chunk,
+        chain's state is committed; a View is yielded for the first chunk,
         then whenever `min_interval` has passed since the last one, and at the end,
-        each followed by a progress bar. A chain that loses the session ends
+        each with the progress bar. A chain that loses the session ends
         with `superseded()`, if given: the session as it now is, so the page
         never keeps showing a stale chain.
         """
         total, last = abs(target - start), -float("inf")
         for item in chunks:
             item.x.block_until_ready()
-            step = item.step
-            due = step == target or time.monotonic() - last >= self.min_interval
+            due = item.step == target or time.monotonic() - last >= self.min_interval
             with session.lock:
                 owner = session.generation == gen
                 if owner:
@@ -162,10 +164,11 @@ class Demo:
             if not owner:  # Stop, Reset or a newer chain took over
                 log.info("%s ended: superseded at step %d", desc, session.step)
                 if superseded is not None:
-                    yield *superseded(), gr.skip()
+                    yield superseded()
                 return
             if due:
-                yield *render_fn(item, step == target), render.progress_bar(abs(step - start), total, desc)
+                bar = render.progress_bar(abs(item.step - start), total, desc)
+                yield render_fn(item, item.step == target).but(bar=bar)
                 last = time.monotonic()
 
     def _main_chain(self, session, gen, model, chunks, start, target, show_x0, verb):
@@ -175,22 +178,19 @@ class Demo:
                 session.trajectory.add(render.grid(np.asarray(item.x)))
 
         def view(item, done):
-            x, step = item.x, item.step
-            shown = item.pred_x0 if show_x0 and item.pred_x0 is not None else x
-            status = (f"{verb}d {abs(step - start)} steps: now at step {step}" if done
-                      else f"{verb[:-1]}ing: step {step} (target {target})")
-            return self._frame(model, shown), step, status, self._plot(model, step)
-
-        def now():  # the session as the chain that took over left it; its status stays
-            image, step, _, plot = self._view(session, show_x0, "")
-            return image, step, gr.skip(), plot
+            shown = item.pred_x0 if show_x0 and item.pred_x0 is not None else item.x
+            status = (f"{verb}d {abs(item.step - start)} steps: now at step {item.step}" if done
+                      else f"{verb[:-1]}ing: step {item.step} (target {target})")
+            return View(image=self._frame(model, shown), step=item.step, status=status,
+                        plot=self._plot(model, item.step))
 
         if self.models.first_run(model, verb, session.n):
             note = f"compiling {verb} for batch size {session.n} (first use of this size on this server)…"
-            yield *self._view(session, show_x0, note), render.progress_bar(0, abs(target - start), note)
+            yield self._view(session, show_x0, note).but(bar=render.progress_bar(0, abs(target - start), note))
 
+        # A chain that took over keeps its own status line.
         yield from self._drive(session, gen, chunks, start, target, commit, view, verb[:-1] + "ing",
-                               superseded=now)
+                               superseded=lambda: self._view(session, show_x0))
 
     def denoise(self, session: Session, steps, show_x0, clip):
         """Reverse steps from the current x_t (Alg. 2), streamed."""
@@ -208,7 +208,7 @@ class Demo:
                 session.generation += 1
                 gen = session.generation
         except (ValueError, ModelUnavailable) as err:
-            yield *self._view(session, bool(show_x0), WARN + str(err)), gr.skip()
+            yield self._warn(session, bool(show_x0), err)
             return
         yield from self._main_chain(session, gen, model, chunks, start, start - k,
                                     bool(show_x0), "denoise")
@@ -229,7 +229,7 @@ class Demo:
                 session.generation += 1
                 gen = session.generation
         except (ValueError, ModelUnavailable) as err:
-            yield *self._view(session, bool(show_x0), WARN + str(err)), gr.skip()
+            yield self._warn(session, bool(show_x0), err)
             return
         yield from self._main_chain(session, gen, model, chunks, start, start + k,
                                     False, "diffuse")
@@ -243,7 +243,7 @@ class Demo:
             h, _, c = model.image_shape
             x0 = render.image_to_x0(image, h, c)
         except (ValueError, ModelUnavailable) as err:
-            return self._view(session, bool(show_x0), WARN + str(err))
+            return self._warn(session, bool(show_x0), err)
         with session.lock:
             session.generation += 1
             n = session.n
@@ -256,7 +256,7 @@ class Demo:
     def branch(self, session: Session, k, clip):
         """k independent continuations of sample 0's x_t down to x_0 (paper, Fig. 7).
 
-        Yields (row image, status): x_t first, then the continuations.
+        Shows x_t first, then the continuations, in the branches image.
         The session's own x_t and step are left as they are.
         """
         try:
@@ -274,7 +274,7 @@ class Demo:
             chunks = model.denoise_steps(k, start, x=jnp.repeat(xt, k, axis=0), curr_step=start,
                                          key=key, clip=bool(clip))
         except (ValueError, ModelUnavailable) as err:
-            yield None, WARN + str(err), gr.skip()
+            yield View(branches=None, status=WARN + str(err))
             return
 
         def view(item, done):
@@ -282,11 +282,11 @@ class Demo:
             img = render.upscale(render.grid(row, ncol=k + 1), render.display_scale(model.image_shape[0]))
             status = (f"branched: x_t at step {start} (left) and {k} continuations to x_0" if done
                       else f"branching from step {start}: step {item.step}")
-            return render.for_display(img), status
+            return View(branches=render.for_display(img), status=status)
 
         if self.models.first_run(model, "denoise", k):
             note = f"compiling for {k} continuations (first use of this size on this server)…"
-            yield gr.skip(), note, render.progress_bar(0, start, note)
+            yield View(status=note, bar=render.progress_bar(0, start, note))
         yield from self._drive(session, gen, chunks, start, 0, lambda item, due: None, view,
                                "branching")
 
@@ -295,19 +295,20 @@ class Demo:
         with session.lock:
             x, pred, step = session.x, session.pred_x0, session.step
         if x is None:
-            return None
+            return View(download=None)
         shown, what = (pred, "x0_pred") if show_x0 and pred is not None else (x, "x")
-        return str(save_png(render.grid(np.asarray(shown)),
-                                    self._out(f"ddpm_{what}_step{step}").with_suffix(".png")))
+        path = self._out(f"ddpm_{what}_step{step}").with_suffix(".png")
+        return View(download=str(save_png(render.grid(np.asarray(shown)), path)))
 
     def save_gif(self, session: Session):
         """The trajectory since Reset (or upload) as an animated GIF."""
         with session.lock:
             frames = list(session.trajectory.frames)
         if not frames:
-            return None
+            return View(download=None)
         scale = max(1, GIF_MAX_SIDE // max(frames[0].shape[:2]))
-        return str(render.write_gif(frames, self._out("ddpm_trajectory").with_suffix(".gif"), scale=scale))
+        path = self._out("ddpm_trajectory").with_suffix(".gif")
+        return View(download=str(render.write_gif(frames, path, scale=scale)))
 
 
 def build_app(models: Models, default: str, *, min_interval: float = 0.1,
@@ -364,25 +365,29 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
             branch_img = gr.Image(label="x_t and its continuations (paper, Fig. 7)", format="png",
                                   interactive=False, elem_id="branches")
 
-        views = [image, step, status, plot]
-        reset_io = dict(fn=demo.reset, inputs=[session, model, ema, seed, batch],
-                        outputs=[*views, model, ema])
+        # Each View field's component, once; each endpoint lists the fields it sends.
+        outputs = dict(image=image, step=step, status=status, plot=plot, bar=bar, model=model, ema=ema,
+                       branches=branch_img, download=download)
+        shown = ("image", "step", "status", "plot")
+
+        def on(trigger, handler, inputs, fields, **kwargs):
+            trigger(bind(handler, fields, gr.skip), inputs, [outputs[f] for f in fields], **kwargs)
+
         chain = dict(show_progress="minimal", concurrency_id="chains", concurrency_limit=concurrency)
-        reset_btn.click(**reset_io, api_name="reset")
-        for trigger in (model.input, ema.input):
-            trigger(**reset_io, api_visibility="private")
-        app.load(**reset_io, api_visibility="private")
-        denoise_btn.click(demo.denoise, [session, steps, show_x0, clip], [*views, bar],
-                          api_name="denoise", **chain)
-        diffuse_btn.click(demo.diffuse, [session, steps, show_x0], [*views, bar],
-                          api_name="diffuse", **chain)
-        stop_btn.click(demo.stop, [session, show_x0], views, api_name="stop", queue=False)
-        show_x0.input(demo.view, [session, show_x0], views, api_name="view", queue=False)
-        upload.upload(demo.use_image, [session, upload, show_x0], views, api_name="use_image")
-        branch_btn.click(demo.branch, [session, branches, clip], [branch_img, status, bar],
-                         api_name="branch", **chain)
-        save_png_btn.click(demo.save_image, [session, show_x0], download, api_name="save_image")
-        save_gif_btn.click(demo.save_gif, [session], download, api_name="save_gif")
+        reset_in = [session, model, ema, seed, batch]
+        on(reset_btn.click, demo.reset, reset_in, (*shown, "model", "ema"), api_name="reset")
+        for trigger in (model.input, ema.input, app.load):
+            on(trigger, demo.reset, reset_in, (*shown, "model", "ema"), api_visibility="private")
+        on(denoise_btn.click, demo.denoise, [session, steps, show_x0, clip], (*shown, "bar"),
+           api_name="denoise", **chain)
+        on(diffuse_btn.click, demo.diffuse, [session, steps, show_x0], (*shown, "bar"), api_name="diffuse", **chain)
+        on(stop_btn.click, demo.stop, [session, show_x0], shown, api_name="stop", queue=False)
+        on(show_x0.input, demo.view, [session, show_x0], shown, api_name="view", queue=False)
+        on(upload.upload, demo.use_image, [session, upload, show_x0], shown, api_name="use_image")
+        on(branch_btn.click, demo.branch, [session, branches, clip], ("branches", "status", "bar"),
+           api_name="branch", **chain)
+        on(save_png_btn.click, demo.save_image, [session, show_x0], ("download",), api_name="save_image")
+        on(save_gif_btn.click, demo.save_gif, [session], ("download",), api_name="save_gif")
     app.queue(default_concurrency_limit=concurrency)
     return app
 

@@ -194,11 +194,11 @@ def test_stop_ends_the_chain_within_one_chunk_and_keeps_progress(models):
     list(demo.reset(s, "tiny", False, 0, 1))
     chain = demo.denoise(s, 30, False, True)
     first = next(chain)
-    assert first[1] == T - CHUNK and s.step == T - CHUNK
+    assert first.step == T - CHUNK and s.step == T - CHUNK
     out = demo.stop(s, False)
-    assert out[1] == T - CHUNK and "stopped" in out[2]
+    assert out.step == T - CHUNK and "stopped" in out.status
     rest = list(chain)  # the chain ends at its next chunk without writing, showing the session
-    assert [v[1] for v in rest] == [T - CHUNK] and s.step == T - CHUNK
+    assert [v.step for v in rest] == [T - CHUNK] and s.step == T - CHUNK
 
 
 def test_a_new_chain_takes_over_from_a_running_one(models):
@@ -208,8 +208,8 @@ def test_a_new_chain_takes_over_from_a_running_one(models):
     old = demo.denoise(s, 30, False, True)
     next(old)
     new = list(demo.diffuse(s, 5, False))
-    assert new[-1][1] == T - CHUNK + 5
-    assert [v[1] for v in old] == [T - CHUNK + 5] and s.step == T - CHUNK + 5
+    assert new[-1].step == T - CHUNK + 5
+    assert [v.step for v in old] == [T - CHUNK + 5] and s.step == T - CHUNK + 5
 
 
 def test_updates_are_throttled(models):
@@ -217,9 +217,9 @@ def test_updates_are_throttled(models):
     slow = Demo(models, "tiny", min_interval=60.0)
     list(slow.reset(s, "tiny", False, 0, 1))
     # the first chunk and the last one only
-    assert [v[1] for v in slow.denoise(s, 30, False, True)] == [T - CHUNK, T - 30]
+    assert [v.step for v in slow.denoise(s, 30, False, True)] == [T - CHUNK, T - 30]
     fast = Demo(models, "tiny", min_interval=0.0)
-    assert [v[1] for v in fast.denoise(s, 10, False, True)] == [5, 0]
+    assert [v.step for v in fast.denoise(s, 10, False, True)] == [5, 0]
 
 
 def test_models_load_once_under_concurrent_sessions(model_path):
@@ -327,5 +327,23 @@ def test_demo_command_serves_and_fills_the_compilation_cache(model_path, tmp_pat
 def test_reset_says_loading_before_a_first_load(model_path):
     models = Models({"tiny": (model_path, model_path)}, chunk_size=CHUNK, warm=False)
     outs = list(Demo(models, "tiny").reset(Session(), "tiny", False, 0, 1))
-    assert [o[2].split()[0] for o in outs] == ["loading", "tiny:"]
-    assert outs[-1][1] == T
+    assert [o.status.split()[0] for o in outs] == ["loading", "tiny:"]
+    assert outs[-1].step == T
+
+
+def test_views_bind_fields_by_name():
+    from ddpm_jax.demo.views import KEEP, View, bind
+
+    skip = lambda: "SKIP"  # noqa: E731
+    one = bind(lambda: View(step=3, status="hi"), ("status", "image", "step"), skip)
+    assert one() == ("hi", "SKIP", 3)
+    assert bind(lambda: View(download="f.png"), ("download",), skip)() == "f.png"
+
+    def chain():
+        yield View(step=1)
+        yield View(step=0, bar="<div>")
+
+    assert list(bind(chain, ("step", "bar"), skip)()) == [(1, "SKIP"), (0, "<div>")]
+    assert View().image is KEEP
+    with pytest.raises(ValueError, match="no View fields"):
+        bind(chain, ("steps",), skip)
