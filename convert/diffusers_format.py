@@ -1,4 +1,4 @@
-"""diffusers' UNet2DModel checkpoints (facts §4) -> our configs and Flax params.
+"""diffusers' UNet2DModel checkpoints (docs/reference.md §4) -> our configs and Flax params.
 
 A diffusers model folder holds `config.json`, `diffusion_pytorch_model.safetensors`
 or `.bin` and, beside it or in `../scheduler/`, `scheduler_config.json`. Only

@@ -1,4 +1,4 @@
-"""pesser/pytorch_diffusion state_dicts (facts §3) <-> our Flax params.
+"""pesser/pytorch_diffusion state_dicts (its `model.py`; docs/reference.md §3) <-> our Flax params.
 
 The port's module names mirror the TensorFlow release's scopes, as ours do, so
 the table below is a rename of separators plus the layout of each layer.

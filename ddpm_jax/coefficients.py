@@ -1,4 +1,5 @@
-"""Every quantity derived from the betas (facts §1), computed once in float64.
+"""Every quantity derived from the betas (paper eqs. 4, 7, 15; docs/reference.md §1),
+computed once in float64.
 
 `Coefficients` is a frozen pytree of float32 arrays of length T, so it can be
 passed to jitted functions as an argument rather than baked in as constants.

@@ -1,6 +1,6 @@
 """Frozen configurations of the diffusion process and of the UNet, with presets.
 
-The presets are the released models' settings (facts §1-§2); the same objects
+The presets are the released models' settings (docs/reference.md §1-§2); the same objects
 drive the UNet, the converter's shape checks and the JSON stored beside params.
 """
 
@@ -36,7 +36,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """The release's UNet (facts §2). Channels must be multiples of 32 (GroupNorm)."""
+    """The release's UNet (`diffusion_tf/models/unet.py`). Channels must be multiples of 32 (GroupNorm)."""
 
     resolution: int = 32
     in_channels: int = 3

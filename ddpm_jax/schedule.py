@@ -1,4 +1,5 @@
-"""Beta schedules of the forward process (facts §1), in float64."""
+"""Beta schedules of the forward process in float64 (release: `get_beta_schedule` in
+`diffusion_tf/diffusion_utils.py`; docs/reference.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The release's UNet (facts §2) in Flax linen, NHWC.
+"""The release's UNet (`diffusion_tf/models/unet.py`; docs/reference.md §2) in Flax linen, NHWC.
 
 Module names follow the TensorFlow release's scopes (`temb`, `down_{i}`,
 `block_{j}`, `attn_{j}`, `mid`, `up_{i}`, `nin_shortcut`, `norm_out`) so the

@@ -1,4 +1,5 @@
-"""The step functions against a float64 numpy reference written from facts §1."""
+"""The step functions against a float64 numpy reference written from the paper's
+equations (docs/reference.md §1)."""
 
 import numpy as np
 import pytest

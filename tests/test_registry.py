@@ -105,7 +105,7 @@ def test_the_eight_released_checkpoints():
         assert REGISTRY[name].diffusion_config == DIFFUSION_PRESETS["lsun"]
         assert REGISTRY[name].unet_config == UNET_PRESETS["lsun"]
     assert len({r.md5 for r in REGISTRY.values()}) == len(REGISTRY)
-    files = {  # the port's cache layout (facts §3)
+    files = {  # the port's cache layout (docs/reference.md §3)
         "cifar10": "diffusion_cifar10_model/model-790000.ckpt",
         "ema_lsun_bedroom": "ema_diffusion_lsun_bedroom_model/model-2388000.ckpt",
         "lsun_cat": "diffusion_lsun_cat_model/model-1761000.ckpt",

@@ -7,7 +7,7 @@ B0, B1, T = 1e-4, 0.02, 1000
 
 
 def reference(name, T):
-    """Each schedule written element by element from facts §1."""
+    """Each schedule written element by element from docs/reference.md §1."""
     lin = lambda a, b, n, i: a + (b - a) * i / (n - 1)  # noqa: E731
     if name == "linear":
         return [lin(B0, B1, T, i) for i in range(T)]
