@@ -5,7 +5,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=N (on a CPU the "devices"
 share its cores; on a GPU machine pass --real-devices to use the real ones).
 
     python bench/scaling.py --model digits --batch 64 --steps 20
-    python bench/scaling.py --train --batch 64 --steps 20     # digits preset train steps
+    python bench/scaling.py --train --batch 64 --steps 20     # train steps of --model (digits)
 """
 
 from __future__ import annotations
@@ -29,17 +29,20 @@ def _sampling(args, mesh):
 
 
 def _training(args, mesh):
+    """Train steps of --model's UNet and process (digits' training settings, digits data)."""
     import dataclasses
 
     import jax
 
-    from ddpm_jax.config import DIFFUSION_PRESETS, UNET_PRESETS
+    from ddpm_jax import Diffusion
     from ddpm_jax.data import load_digits_images
     from ddpm_jax.train import TRAIN_PRESETS
     from ddpm_jax.trainer import Trainer
 
-    tcfg = dataclasses.replace(TRAIN_PRESETS["digits"], batch_size=args.batch)
-    trainer = Trainer(load_digits_images(16), UNET_PRESETS["digits"], DIFFUSION_PRESETS["digits"], tcfg, mesh=mesh)
+    m = Diffusion.from_pretrained(args.model)
+    ucfg, tcfg = m.unet_config, dataclasses.replace(TRAIN_PRESETS["digits"], batch_size=args.batch)
+    data = load_digits_images(ucfg.resolution, ucfg.in_channels)
+    trainer = Trainer(data, ucfg, m.diffusion_config, tcfg, mesh=mesh)
     return lambda rep: jax.block_until_ready(trainer.train(args.steps))
 
 
@@ -68,7 +71,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--train", action="store_true", help="time train steps of the digits preset instead")
+    p.add_argument("--train", action="store_true", help="time train steps of --model's UNet instead")
     p.add_argument("--real-devices", action="store_true", help="use the machine's devices, not forced CPU ones")
     p.add_argument("--worker", action="store_true")
     args = p.parse_args()
@@ -87,7 +90,7 @@ def main():
             raise SystemExit(f"{n} devices failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(line[-1][7:]))
     base = rows[0]["per_s"]
-    what = "training (digits preset)" if args.train else f"sampling {args.model}"
+    what = f"training {args.model}" if args.train else f"sampling {args.model}"
     unit = "images/s" if args.train else "sample-steps/s"
     print(f"{what}, batch {args.batch}, {args.steps} steps a rep, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}")

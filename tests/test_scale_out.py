@@ -88,32 +88,38 @@ def test_cli_over_devices_and_processes_writes_the_same_images(saved, tmp_path):
 
 
 def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
-    """Same global batch and seed: the loss curve and params on 4 devices equal 1 device's."""
+    """Same global batch and seed: the loss curve and params on 4 devices equal 1 device's,
+    to a tolerance that a run on other data (another seed) fails by far."""
     script = textwrap.dedent("""
-        import jax, jax.numpy as jnp, numpy as np
-        from ddpm_jax.coefficients import make_coefficients
+        import dataclasses
+        import jax, numpy as np
         from ddpm_jax.data import load_digits_images
-        from ddpm_jax.sharding import data_mesh, replicate
+        from ddpm_jax.sharding import data_mesh
         from ddpm_jax.train import init_state, make_train_step
+        from ddpm_jax.trainer import Trainer
         from tests.helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION
         assert jax.device_count() == 4
-        data = jnp.asarray(load_digits_images(8))
-        coeffs = make_coefficients(TINY_DIFFUSION)
-        runs = []
-        for devices in (jax.devices()[:1], jax.devices()):
-            mesh = data_mesh(devices)
-            state, d, c = replicate((init_state(ONE_LEVEL_UNET, MINI_TRAIN), data, coeffs), mesh)
-            step = make_train_step(ONE_LEVEL_UNET, MINI_TRAIN, mesh)
-            losses = []
-            for _ in range(15):
-                state, m = step(state, d, c)
-                losses.append(float(m["loss"]))
-            runs.append((np.array(losses), state.params))
-        (l1, p1), (l4, p4) = runs
+        data = load_digits_images(8)
+        flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree.leaves(jax.device_get(tree))])
+        start = flat(init_state(ONE_LEVEL_UNET, MINI_TRAIN).params)
+
+        def run(devices, key=None):
+            state = init_state(ONE_LEVEL_UNET, MINI_TRAIN)
+            if key is not None:  # the same init, other batches and noise; the same compiled step
+                state = dataclasses.replace(state, key=jax.random.key_data(jax.random.key(key)))
+            t = Trainer(data, ONE_LEVEL_UNET, TINY_DIFFUSION, MINI_TRAIN, state=state, mesh=data_mesh(devices))
+            losses = [float(t.train(1)["loss_sum"]) for _ in range(15)]
+            return np.array(losses), flat(t.state.params)
+
+        (l1, p1), (l4, p4) = run(jax.devices()[:1]), run(jax.devices())
+        _, p_other = run(jax.devices()[:1], key=99)
         np.testing.assert_allclose(l4, l1, rtol=1e-4, atol=1e-6)
-        # Adam turns float-level gradient differences on near-zero gradients into
-        # steps of up to lr (1e-3), so params agree to a few lr, not to 1e-6.
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=15 * 1e-3), p4, p1)
+        # Params: the distance between the runs relative to how far training moved them.
+        moved = np.linalg.norm(p1 - start)
+        same, other = np.linalg.norm(p4 - p1) / moved, np.linalg.norm(p_other - p1) / moved
+        print(f"relative param distance: 4 vs 1 devices {same:.2e}, other seed {other:.2e}")
+        assert same < 0.02, same
+        assert other > 0.2, other  # the check above would fail a real difference
         try:
             make_train_step(ONE_LEVEL_UNET, MINI_TRAIN.__class__(batch_size=6), data_mesh())
         except ValueError as err:
@@ -125,4 +131,5 @@ def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True,
                           timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "max loss difference" in proc.stdout
+    assert "max loss difference" in proc.stdout, proc.stdout
+    print(proc.stdout)
