@@ -7,8 +7,11 @@ it. Models are shared (`Models`); each tab has its own `Session`.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,9 +25,9 @@ from ddpm_jax.images import save_png
 from ddpm_jax.pipeline import as_key
 from ddpm_jax.sampling import initial_noise
 
-from . import render
+from . import inputs, render
 from .models import Models, ModelUnavailable
-from .state import Session, parse_int
+from .state import Session, parse_bool, parse_int
 from .views import KEEP, View, bind
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,11 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 16
 MAX_BRANCHES = 8
 GIF_MAX_SIDE = 512
+GIF_BUDGET_BYTES = 48 * 2**20  # the enlarged frames of one GIF, together
+GIF_MAX_FRAMES = 400
+MAX_UPLOAD_MB = 10
+QUEUE_SIZE = 64
+DOWNLOAD_TTL_S = 60  # Gradio copies a download into its own cache as it serves it
 WARN = "⚠️ "
 
 CSS = """
@@ -51,17 +59,44 @@ class Demo:
     never falls behind the computation.
     """
 
-    def __init__(self, models: Models, default: str, *, min_interval: float = 0.1, workdir=None):
+    def __init__(self, models: Models, default: str, *, min_interval: float = 0.1):
         self.models = models
         self.default = models.add(default)
         self.min_interval = min_interval
-        self._workdir = Path(workdir) if workdir else None
+        self.workdir: Path | None = None
+        self._lock = threading.Lock()
 
-    def _out(self, name: str) -> Path:
-        """A fresh path for a download (in a temporary folder made on first use)."""
-        if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="ddpm_jax_demo_"))
-        return self._workdir / f"{name}_{uuid.uuid4().hex[:8]}"
+    def _out(self, session: Session, name: str, suffix: str) -> Path:
+        """A fresh path for a download of this tab, in a folder made on first use
+        and removed at exit. Gradio serves a copy from its own cache (cleared by
+        `delete_cache`), so ours are deleted once older than DOWNLOAD_TTL_S (here,
+        at each new download) or when their tab's session ends."""
+        with self._lock:
+            if self.workdir is None:
+                self.workdir = Path(tempfile.mkdtemp(prefix="ddpm_jax_demo_"))
+                atexit.register(self.close)
+            stale = time.time() - DOWNLOAD_TTL_S
+            for old in self.workdir.iterdir():
+                if old.stat().st_mtime <= stale:
+                    old.unlink(missing_ok=True)
+        path = self.workdir / f"{name}_{uuid.uuid4().hex[:8]}{suffix}"
+        with session.lock:
+            session.downloads.append(path)
+        return path
+
+    def forget_downloads(self, session: Session):
+        """Delete the tab's download files (Gradio calls this when the tab's session ends)."""
+        with session.lock:
+            paths, session.downloads = session.downloads, []
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+    def close(self):
+        """Remove the download folder (at exit; Gradio's own copies go with its cache)."""
+        with self._lock:
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir = None
 
     # -- views ------------------------------------------------------------
 
@@ -98,6 +133,7 @@ class Demo:
         return self._model(session)
 
     def _reset(self, session, choice, ema, seed, batch):
+        ema = parse_bool(ema, "EMA")
         seed = parse_int(seed, "seed", 0, 2**31 - 1)
         n = parse_int(batch, "batch size", 1, MAX_BATCH)
         model = self.models.get(choice, bool(ema))
@@ -118,7 +154,7 @@ class Demo:
         A model not loaded yet is fetched/converted/compiled first, which can
         take a while: the page says so meanwhile.
         """
-        if choice in self.models.choices and not self.models.is_loaded(choice, ema):
+        if isinstance(choice, str) and choice in self.models.choices and not self.models.is_loaded(choice, ema):
             label = f"{choice}{' (EMA)' if ema else ''}"
             yield self._view(session, False, f"loading {label} (first use: fetch, convert, compile)…")
         try:
@@ -135,13 +171,13 @@ class Demo:
 
     def view(self, session: Session, show_x0):
         """The session re-shown (x_t or predicted x_0); the status line stays."""
-        return self._view(session, bool(show_x0))
+        return self._view(session, show_x0 is True)
 
     def stop(self, session: Session, show_x0):
         with session.lock:
             session.generation += 1
             step = session.step
-        return self._view(session, bool(show_x0), f"stopped at step {step}")
+        return self._view(session, show_x0 is True, f"stopped at step {step}")
 
     def _drive(self, session, gen, chunks, start, target, commit, render_fn, desc, superseded=None):
         """Run `chunks` while chain `gen` owns the session; yield throttled Views.
@@ -204,14 +240,14 @@ class Demo:
                 if k > start:
                     raise ValueError(f"steps={k} is more than the {start} steps left to denoise")
                 chunks = model.denoise_steps(session.n, k, x=session.x, curr_step=start,
-                                             key=session.seed, clip=bool(clip))
+                                             key=session.seed, clip=parse_bool(clip, "clip"))
                 session.generation += 1
                 gen = session.generation
         except (ValueError, ModelUnavailable) as err:
-            yield self._warn(session, bool(show_x0), err)
+            yield self._warn(session, show_x0 is True, err)
             return
         yield from self._main_chain(session, gen, model, chunks, start, start - k,
-                                    bool(show_x0), "denoise")
+                                    show_x0 is True, "denoise")
 
     def diffuse(self, session: Session, steps, show_x0):
         """Forward steps q(x_t | x_{t-1}) from the current x (eq. 2), streamed."""
@@ -229,7 +265,7 @@ class Demo:
                 session.generation += 1
                 gen = session.generation
         except (ValueError, ModelUnavailable) as err:
-            yield self._warn(session, bool(show_x0), err)
+            yield self._warn(session, show_x0 is True, err)
             return
         yield from self._main_chain(session, gen, model, chunks, start, start + k,
                                     False, "diffuse")
@@ -243,7 +279,7 @@ class Demo:
             h, _, c = model.image_shape
             x0 = render.image_to_x0(image, h, c)
         except (ValueError, ModelUnavailable) as err:
-            return self._warn(session, bool(show_x0), err)
+            return self._warn(session, show_x0 is True, err)
         with session.lock:
             session.generation += 1
             n = session.n
@@ -272,7 +308,7 @@ class Demo:
                 session.generation += 1
                 gen = session.generation
             chunks = model.denoise_steps(k, start, x=jnp.repeat(xt, k, axis=0), curr_step=start,
-                                         key=key, clip=bool(clip))
+                                         key=key, clip=parse_bool(clip, "clip"))
         except (ValueError, ModelUnavailable) as err:
             yield View(branches=None, status=WARN + str(err))
             return
@@ -296,8 +332,8 @@ class Demo:
             x, pred, step = session.x, session.pred_x0, session.step
         if x is None:
             return View(download=None)
-        shown, what = (pred, "x0_pred") if show_x0 and pred is not None else (x, "x")
-        path = self._out(f"ddpm_{what}_step{step}").with_suffix(".png")
+        shown, what = (pred, "x0_pred") if show_x0 is True and pred is not None else (x, "x")
+        path = self._out(session, f"ddpm_{what}_step{step}", ".png")
         return View(download=str(save_png(render.grid(np.asarray(shown)), path)))
 
     def save_gif(self, session: Session):
@@ -306,20 +342,20 @@ class Demo:
             frames = list(session.trajectory.frames)
         if not frames:
             return View(download=None)
-        scale = max(1, GIF_MAX_SIDE // max(frames[0].shape[:2]))
-        path = self._out("ddpm_trajectory").with_suffix(".gif")
+        frames, scale = render.gif_frames(frames, GIF_MAX_SIDE, GIF_BUDGET_BYTES, GIF_MAX_FRAMES)
+        path = self._out(session, "ddpm_trajectory", ".gif")
         return View(download=str(render.write_gif(frames, path, scale=scale)))
 
 
 def build_app(models: Models, default: str, *, min_interval: float = 0.1,
-              concurrency: int = 4) -> gr.Blocks:
+              concurrency: int = 4, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     """The page. Named endpoints: reset, denoise, diffuse, stop, view, use_image,
     branch, save_image, save_gif (state is per client session)."""
     demo = Demo(models, default, min_interval=min_interval)
     choices = list(models.choices)
     with gr.Blocks(title="ddpm_jax: watch diffusion", analytics_enabled=False,
-                   delete_cache=(600, 3600)) as app:
-        session = gr.State(Session())
+                   delete_cache=(60, 600)) as app:
+        session = gr.State(Session(), delete_callback=demo.forget_downloads)
         gr.Markdown(
             "## DDPM in JAX: watch diffusion step by step\n"
             "Reset draws x_T from the seed; **Denoise** runs reverse steps p(x_{t-1} | x_t), "
@@ -329,20 +365,20 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 with gr.Row():
-                    model = gr.Dropdown(choices, value=demo.default, label="model", scale=3)
-                    ema = gr.Checkbox(False, label="EMA", scale=1, min_width=60)
+                    model = inputs.Dropdown(choices, value=demo.default, label="model", scale=3)
+                    ema = inputs.Checkbox(False, label="EMA", scale=1, min_width=60)
                 with gr.Row():
-                    seed = gr.Number(0, label="seed")
-                    batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="batch size (at Reset)")
+                    seed = inputs.Number(0, label="seed")
+                    batch = inputs.Slider(1, MAX_BATCH, value=1, step=1, label="batch size (at Reset)")
                 reset_btn = gr.Button("Reset (fresh x_T)")
-                steps = gr.Number(100, label="steps (1..T)", elem_id="steps")
+                steps = inputs.Number(100, label="steps (1..T)", elem_id="steps")
                 with gr.Row():
                     denoise_btn = gr.Button("Denoise", variant="primary", elem_id="denoise")
                     diffuse_btn = gr.Button("Diffuse", elem_id="diffuse")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Row():
-                    show_x0 = gr.Checkbox(False, label="show predicted x0")
-                    clip = gr.Checkbox(True, label="clip predicted x0 to [-1, 1]")
+                    show_x0 = inputs.Checkbox(False, label="show predicted x0")
+                    clip = inputs.Checkbox(True, label="clip predicted x0 to [-1, 1]")
                 plot = gr.Image(label="noise schedule", show_label=False, format="png",
                                 interactive=False, buttons=[], elem_id="plot")
             with gr.Column(scale=2):
@@ -357,7 +393,7 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
                 upload = gr.Image(label="upload a picture: it becomes x_0", format="png",
                                   type="numpy", sources=["upload", "clipboard"])
                 with gr.Column():
-                    branches = gr.Slider(1, MAX_BRANCHES, value=4, step=1, label="branches k")
+                    branches = inputs.Slider(1, MAX_BRANCHES, value=4, step=1, label="branches k")
                     branch_btn = gr.Button("Branch: k continuations of sample 0's x_t")
                     save_png_btn = gr.Button("Current image (PNG)")
                     save_gif_btn = gr.Button("Trajectory (animated GIF)")
@@ -371,7 +407,7 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
         shown = ("image", "step", "status", "plot")
 
         def on(trigger, handler, inputs, fields, **kwargs):
-            trigger(bind(handler, fields, gr.skip), inputs, [outputs[f] for f in fields], **kwargs)
+            return trigger(bind(handler, fields, gr.skip), inputs, [outputs[f] for f in fields], **kwargs)
 
         chain = dict(show_progress="minimal", concurrency_id="chains", concurrency_limit=concurrency)
         reset_in = [session, model, ema, seed, batch]
@@ -388,11 +424,15 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
            api_name="branch", **chain)
         on(save_png_btn.click, demo.save_image, [session, show_x0], ("download",), api_name="save_image")
         on(save_gif_btn.click, demo.save_gif, [session], ("download",), api_name="save_gif")
-    app.queue(default_concurrency_limit=concurrency)
+    app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     return app
 
 
-def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **kwargs):
-    """Serve the page (loopback by default); returns gradio's (app, local_url, share_url)."""
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None,
+           max_upload_mb: float = MAX_UPLOAD_MB, **kwargs):
+    """Serve the page (loopback by default); returns gradio's (app, local_url, share_url).
+
+    Uploads over `max_upload_mb` are refused by Gradio before they reach a handler.
+    """
     return app.launch(server_name=host, server_port=port, css=CSS, ssr_mode=False,
-                      footer_links=["api"], **kwargs)
+                      footer_links=["api"], max_file_size=int(max_upload_mb * 2**20), **kwargs)

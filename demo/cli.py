@@ -18,6 +18,10 @@ def add_arguments(p):
     p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     p.add_argument("--chunk-size", type=int, default=10,
                    help="steps per compiled chunk: Stop and page updates land between chunks")
+    p.add_argument("--max-upload-mb", type=float, default=10,
+                   help="largest upload accepted, in MB (default: %(default)s)")
+    p.add_argument("--queue-size", type=int, default=64,
+                   help="requests that may wait in the queue; more are refused (default: %(default)s)")
     p.add_argument("--cache-dir", default=None,
                    help="JAX's persistent compilation cache "
                         "(default: <ddpm_jax cache>/jax_compilation_cache)")
@@ -35,6 +39,10 @@ def _load(models, choice):
 def run(args) -> int:
     from ddpm_jax.compile_cache import enable_compilation_cache
 
+    if not 0 < args.max_upload_mb <= 1024 or not 1 <= args.queue_size <= 10_000:
+        raise ValueError(f"--max-upload-mb must be in (0, 1024] and --queue-size in [1, 10000]; got "
+                         f"{args.max_upload_mb} and {args.queue_size}")
+
     enable_compilation_cache(args.cache_dir)
 
     from .models import Models
@@ -46,5 +54,6 @@ def run(args) -> int:
 
     from .app import build_app, launch
 
-    launch(build_app(models, default), host=args.host, port=args.port)
+    launch(build_app(models, default, queue_size=args.queue_size), host=args.host, port=args.port,
+           max_upload_mb=args.max_upload_mb)
     return 0

@@ -67,7 +67,7 @@ class Models:
         return choice
 
     def name(self, choice: str, ema: bool) -> str:
-        if choice not in self.choices:
+        if not isinstance(choice, str) or choice not in self.choices:
             raise ModelUnavailable(
                 f"unknown model {choice!r}; choose one of {', '.join(self.choices)}"
             )

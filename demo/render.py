@@ -85,9 +85,24 @@ def progress_bar(done: int, total: int, label: str) -> str:
             f'<span class="ddpm-bar-text">{html.escape(label)} {done} / {total} steps</span>')
 
 
+def gif_frames(frames: list[np.ndarray], max_side: int, budget_bytes: int, max_frames: int):
+    """(frames, scale) for a GIF: each frame enlarged (nearest) toward `max_side`,
+    and evenly spaced frames (first and last kept) so that the enlarged frames
+    together hold at most `budget_bytes` and number at most `max_frames`."""
+    h, w, c = frames[0].shape
+    scale = max(1, max_side // max(h, w))
+    per_frame = h * w * (1 if c == 1 else 3) * scale**2
+    while scale > 1 and per_frame > budget_bytes // 2:  # at least two frames fit
+        scale -= 1
+        per_frame = h * w * (1 if c == 1 else 3) * scale**2
+    keep = max(2, min(max_frames, budget_bytes // per_frame, len(frames)))
+    idx = np.unique(np.round(np.linspace(0, len(frames) - 1, keep)).astype(int))
+    return [frames[i] for i in idx], scale
+
+
 def write_gif(frames: list[np.ndarray], path, scale: int = 1, fps: float = 12.0,
               hold_last_s: float = 1.5) -> Path:
-    """Animated GIF of HWC uint8 frames (upscaled by `scale`), looping."""
+    """Animated GIF of HWC uint8 frames (upscaled by `scale`), looping, written atomically."""
     if not frames:
         raise ValueError("no frames to write: run a chain first")
     pics = [Image.fromarray(for_display(upscale(f, scale))) for f in frames]

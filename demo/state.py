@@ -15,7 +15,8 @@ import threading
 
 import numpy as np
 
-TRAJECTORY_BUDGET_BYTES = 64 * 2**20
+TRAJECTORY_BUDGET_BYTES = 16 * 2**20
+TRAJECTORY_MAX_FRAMES = 1024
 
 
 def parse_int(value, what: str, lo: int, hi: int) -> int:
@@ -40,15 +41,23 @@ def parse_int(value, what: str, lo: int, hi: int) -> int:
     return value
 
 
+def parse_bool(value, what: str) -> bool:
+    """A checkbox's value: True or False, nothing else (a string "false" is not False)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{what} must be true or false, got {value!r}")
+
+
 class Trajectory:
     """Frames (HWC uint8, model resolution) of the session's chain since Reset.
 
-    Bounded memory: past the budget every other frame is dropped, so a long
-    trajectory keeps its whole span at a coarser time resolution.
+    Bounded memory: past `budget_bytes` or `max_frames`, every other frame is
+    dropped, so a long trajectory keeps its whole span at a coarser time
+    resolution.
     """
 
-    def __init__(self, budget_bytes: int = TRAJECTORY_BUDGET_BYTES):
-        self.budget_bytes = budget_bytes
+    def __init__(self, budget_bytes: int = TRAJECTORY_BUDGET_BYTES, max_frames: int = TRAJECTORY_MAX_FRAMES):
+        self.budget_bytes, self.max_frames = budget_bytes, max_frames
         self.frames: list[np.ndarray] = []
 
     def clear(self):
@@ -56,7 +65,8 @@ class Trajectory:
 
     def add(self, frame: np.ndarray):
         self.frames.append(frame)
-        if len(self.frames) > 2 and sum(f.nbytes for f in self.frames) > self.budget_bytes:
+        over = len(self.frames) > self.max_frames or sum(f.nbytes for f in self.frames) > self.budget_bytes
+        if len(self.frames) > 2 and over:
             self.frames = self.frames[::2] + ([frame] if len(self.frames) % 2 == 0 else [])
 
 
@@ -67,7 +77,7 @@ class Session:
     gr.State into the page config, and a lock cannot be serialised.
     """
 
-    _FIELDS = ("choice", "ema", "seed", "x", "step", "pred_x0", "generation", "branches", "trajectory")
+    _FIELDS = ("choice", "ema", "seed", "x", "step", "pred_x0", "generation", "branches", "trajectory", "downloads")
 
     def __init__(self):
         self.choice: str | None = None
@@ -79,6 +89,7 @@ class Session:
         self.generation = 0  # the chain allowed to write (see the module docstring)
         self.branches = 0  # branch presses, for fresh keys each time
         self.trajectory = Trajectory()
+        self.downloads: list = []  # files made for this tab, deleted once served (see Demo.forget_downloads)
         self.lock = threading.Lock()
 
     def __deepcopy__(self, memo):

@@ -67,12 +67,13 @@ def tiny_models(path):
 
 
 @contextlib.contextmanager
-def serving(models, **kwargs):
+def serving(models, max_upload_mb=10, **kwargs):
     """The demo app on 127.0.0.1 (a free port), closed afterwards; yields its URL."""
     from ddpm_jax.demo.app import build_app, launch
 
     app = build_app(models, "tiny", **kwargs)
-    _, url, _ = launch(app, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True)
+    _, url, _ = launch(app, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True,
+                       max_upload_mb=max_upload_mb)
     try:
         assert url.startswith("http://127.0.0.1:")
         yield url

@@ -1,0 +1,143 @@
+"""The served page under hostile clients: wrong types get the page's message,
+downloads do not pile up, the GIF and the trajectory stay within their budgets,
+uploads and the queue are bounded."""
+
+from __future__ import annotations
+
+import logging
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm_jax.demo import app as app_mod
+from ddpm_jax.demo import render
+from ddpm_jax.demo.app import Demo, build_app
+from ddpm_jax.demo.state import Session, Trajectory
+
+from .helpers import T, make_tiny_model, serving, tiny_models
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return tiny_models(make_tiny_model(tmp_path_factory.mktemp("limits") / "tiny.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def url(models):
+    with serving(models, max_upload_mb=0.05) as url:
+        yield url
+
+
+def client(url):
+    return gradio_client.Client(url, verbose=False, download_files=True)
+
+
+WRONG_TYPES = [
+    # (endpoint, args, message fragment): each value of a type the page never sends
+    ("/reset", ("tiny", "yes", 0, 1), "EMA must be true or false"),
+    ("/reset", ("tiny", False, 0, "many"), "batch size must be a whole number"),
+    ("/reset", ("tiny", False, 0, 99), "batch size must be between 1 and 16"),
+    ("/reset", (["tiny"], False, 0, 1), "unknown model"),
+    ("/reset", ("tiny", False, {"a": 1}, 1), "seed must be a whole number"),
+    ("/denoise", ([3], False, True), "steps must be a whole number"),
+    ("/denoise", (3, False, "no"), "clip must be true or false"),
+    ("/branch", ("two", True), "branches must be a whole number"),
+]
+
+
+def test_wrong_types_get_the_pages_message_and_no_traceback(url, caplog):
+    c = client(url)
+    c.predict("tiny", False, 1, 1, api_name="/reset")
+    before = c.predict(4, False, True, api_name="/denoise")
+    with caplog.at_level(logging.WARNING):
+        for endpoint, args, fragment in WRONG_TYPES:
+            out = c.predict(*args, api_name=endpoint)
+            status = out[1] if endpoint == "/branch" else out[2]
+            assert status.startswith("⚠️") and fragment in status, (endpoint, args, status)
+    assert "Traceback" not in caplog.text and "raised an exception" not in caplog.text
+    assert c.predict(False, api_name="/view")[1] == before[1] == T - 4
+
+
+def test_served_downloads_do_not_pile_up(models, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(app_mod, "DOWNLOAD_TTL_S", 0)  # every older file is stale at the next download
+    with serving(models) as url:
+        c = client(url)
+        c.predict("tiny", False, 0, 1, api_name="/reset")
+        c.predict(T, False, True, api_name="/denoise")
+        for _ in range(3):
+            assert Image.open(c.predict(api_name="/save_gif")).format == "GIF"  # served from Gradio's copy
+            assert Image.open(c.predict(True, api_name="/save_image")).format == "PNG"
+        (ours,) = tmp_path.glob("ddpm_jax_demo_*")
+        assert len(list(ours.iterdir())) == 1  # the newest only
+
+
+def test_the_download_folder_goes_at_close_and_a_closed_tab_takes_its_files(models, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    demo, s = Demo(models, "tiny"), Session()
+    list(demo.reset(s, "tiny", False, 0, 1))
+    path = demo.save_image(s, False).download
+    assert Image.open(path).size == (8, 8) and s.downloads
+    demo.forget_downloads(s)  # what Gradio's State calls when the tab's session ends
+    assert not list(demo.workdir.iterdir()) and not s.downloads
+    demo.save_gif(s)
+    folder = demo.workdir
+    demo.close()
+    assert not folder.exists() and demo.workdir is None
+
+
+def test_gif_is_bounded_by_its_enlarged_size():
+    """A long trajectory of small frames: without the bound each would be enlarged to 512x512."""
+    frames = [np.full((16, 16, 1), i % 256, np.uint8) for i in range(3000)]
+    kept, scale = render.gif_frames(frames, max_side=512, budget_bytes=8 * 2**20, max_frames=400)
+    assert scale == 32 and len(kept) == (8 * 2**20) // (512 * 512)  # 32 frames of 256 KiB
+    assert kept[0] is frames[0] and kept[-1] is frames[-1]
+    kept, scale = render.gif_frames(frames[:10], 512, 8 * 2**20, 400)
+    assert len(kept) == 10 and scale == 32
+    big = [np.zeros((1000, 1000, 3), np.uint8)] * 5  # one frame alone over budget: no enlarging
+    kept, scale = render.gif_frames(big, 512, 8 * 2**20, 400)
+    assert scale == 1 and len(kept) == 2
+
+
+def test_save_gif_memory_stays_within_the_budget(models, monkeypatch):
+    monkeypatch.setattr(app_mod, "GIF_BUDGET_BYTES", 4 * 2**20)
+    demo, s = Demo(models, "tiny"), Session()
+    list(demo.reset(s, "tiny", False, 0, 16))  # a 4x4 grid of 8x8 samples: 42x42 frames
+    s.trajectory = Trajectory(budget_bytes=2**30, max_frames=10**6)
+    for i in range(4000):
+        s.trajectory.add(np.full((42, 42, 1), i % 256, np.uint8))
+    tracemalloc.start()
+    path = demo.save_gif(s).download
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    gif = Image.open(path)
+    assert gif.n_frames * gif.width * gif.height <= 4 * 2**20
+    assert peak < 3 * 4 * 2**20, peak
+    demo.close()
+
+
+def test_trajectory_caps_its_frame_count():
+    traj = Trajectory(budget_bytes=2**30, max_frames=100)
+    for i in range(5000):
+        traj.add(np.full((2, 2, 1), i % 256, np.uint8))
+    assert len(traj.frames) <= 100 and traj.frames[0][0, 0, 0] == 0
+
+
+def test_an_upload_over_the_limit_is_refused(url, tmp_path):
+    c = client(url)
+    c.predict("tiny", False, 0, 1, api_name="/reset")
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), np.uint8)  # ~190 kB as PNG, limit 50 kB
+    Image.fromarray(noise).save(tmp_path / "big.png")
+    with pytest.raises(Exception, match=r"(?i)exceeds the maximum file size|too large|413"):
+        c.predict(gradio_client.handle_file(str(tmp_path / "big.png")), False, api_name="/use_image")
+    assert c.predict(False, api_name="/view")[1] == T  # nothing changed
+
+
+def test_the_queue_is_bounded(models):
+    app = build_app(models, "tiny", queue_size=3)
+    assert app._queue.max_size == 3
