@@ -25,7 +25,8 @@ from ddpm_jax.images import save_png
 from ddpm_jax.pipeline import as_key
 from ddpm_jax.sampling import initial_noise
 
-from . import inputs, render
+from . import render
+from .inputs import raw
 from .models import Models, ModelUnavailable
 from .state import Session, parse_bool, parse_int
 from .views import KEEP, View, bind
@@ -365,20 +366,20 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 with gr.Row():
-                    model = inputs.Dropdown(choices, value=demo.default, label="model", scale=3)
-                    ema = inputs.Checkbox(False, label="EMA", scale=1, min_width=60)
+                    model = raw(gr.Dropdown(choices, value=demo.default, label="model", scale=3))
+                    ema = raw(gr.Checkbox(False, label="EMA", scale=1, min_width=60))
                 with gr.Row():
-                    seed = inputs.Number(0, label="seed")
-                    batch = inputs.Slider(1, MAX_BATCH, value=1, step=1, label="batch size (at Reset)")
+                    seed = raw(gr.Number(0, label="seed"))
+                    batch = raw(gr.Slider(1, MAX_BATCH, value=1, step=1, label="batch size (at Reset)"))
                 reset_btn = gr.Button("Reset (fresh x_T)")
-                steps = inputs.Number(100, label="steps (1..T)", elem_id="steps")
+                steps = raw(gr.Number(100, label="steps (1..T)", elem_id="steps"))
                 with gr.Row():
                     denoise_btn = gr.Button("Denoise", variant="primary", elem_id="denoise")
                     diffuse_btn = gr.Button("Diffuse", elem_id="diffuse")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Row():
-                    show_x0 = inputs.Checkbox(False, label="show predicted x0")
-                    clip = inputs.Checkbox(True, label="clip predicted x0 to [-1, 1]")
+                    show_x0 = raw(gr.Checkbox(False, label="show predicted x0"))
+                    clip = raw(gr.Checkbox(True, label="clip predicted x0 to [-1, 1]"))
                 plot = gr.Image(label="noise schedule", show_label=False, format="png",
                                 interactive=False, buttons=[], elem_id="plot")
             with gr.Column(scale=2):
@@ -393,7 +394,7 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
                 upload = gr.Image(label="upload a picture: it becomes x_0", format="png",
                                   type="numpy", sources=["upload", "clipboard"])
                 with gr.Column():
-                    branches = inputs.Slider(1, MAX_BRANCHES, value=4, step=1, label="branches k")
+                    branches = raw(gr.Slider(1, MAX_BRANCHES, value=4, step=1, label="branches k"))
                     branch_btn = gr.Button("Branch: k continuations of sample 0's x_t")
                     save_png_btn = gr.Button("Current image (PNG)")
                     save_gif_btn = gr.Button("Trajectory (animated GIF)")

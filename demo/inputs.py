@@ -1,51 +1,26 @@
-"""The page's input components, handing the handlers what the client sent, unconverted.
+"""The page's inputs reach the handlers as the client sent them, unconverted.
 
-Gradio's own components convert and check their values before a handler
-runs; a value of the wrong type (a string for a slider, a file that is not an
-image) then fails inside Gradio, and the client gets a generic "upstream app
-raised an exception" while the server logs a traceback. These subclasses pass
-the raw value on, so the one place that checks input is the handler, whose
-refusal is the page's own message (`state.parse_int`, `state.parse_bool`,
-`images.load_image`). The frontend is the parent's (`is_template`).
+Gradio's components convert and check their values before a handler runs; a
+value of the wrong type (a string for a slider, a file that is not an image)
+then fails inside Gradio, and the client gets a generic "upstream app raised
+an exception" while the server logs a traceback. `raw(component)` makes the
+component pass the value on, so the one place that checks input is the
+handler, whose refusal is the page's own message (`state.parse_int`,
+`state.parse_bool`, the image loader). The instance is patched rather than
+subclassed: Gradio writes a .pyi file beside any module that subclasses a
+component.
 """
 
 from __future__ import annotations
 
-import gradio as gr
+
+def raw(component):
+    """`component`, handing its handlers the client's value as sent."""
+    component.preprocess = lambda payload: payload
+    return component
 
 
-class Slider(gr.Slider):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class Number(gr.Number):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class Checkbox(gr.Checkbox):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class Dropdown(gr.Dropdown):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class ImagePath(gr.Image):
+def image_path(component):
     """An image upload handed over as the uploaded file's path, not opened by Gradio."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        return None if payload is None else payload.path
+    component.preprocess = lambda payload: None if payload is None else payload.path
+    return component

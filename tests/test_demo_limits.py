@@ -5,7 +5,6 @@ uploads and the queue are bounded."""
 from __future__ import annotations
 
 import logging
-import time
 import tracemalloc
 
 import numpy as np
