@@ -168,14 +168,14 @@ def _check_flags(args) -> tuple[int, int]:
     from .checks import check_float, check_int
     from .cli import check_out_dir
     from .config import LIMITS
-    from .pipeline import as_key
+    from .pipeline import SEED_RANGE
 
     n = check_int("--n", args.n, 1, 10**9)
     batch = check_int("--batch", args.batch, 1, 10**6)
     if args.steps is not None:
         check_int("--steps", args.steps, 1, LIMITS["num_diffusion_timesteps"][1])
     check_float("--eta", args.eta, 0.0, 1.0)
-    as_key(args.seed)  # the seed's range
+    check_int("--seed", args.seed, *SEED_RANGE)  # no JAX call before jax.distributed.initialize
     check_out_dir(args.out)
     return n, batch
 
