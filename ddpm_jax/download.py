@@ -125,6 +125,7 @@ def _stream(url: str, fileobj, max_bytes: int, limits: Limits, stop_at: float, d
                     raise _Fatal(f"the body goes on past {max_bytes} bytes, the most this file can be")
                 try:
                     fileobj.write(block)
+                    fileobj.flush()  # so that a full disk fails here, not at close
                 except OSError as err:  # a full disk, a lost mount: no retry helps
                     raise _Fatal(f"cannot write the download: {err}") from err
                 h.update(block)

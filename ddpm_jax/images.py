@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -135,16 +136,27 @@ def open_image(source) -> Image.Image:
     is truncated.
     """
     name = getattr(source, "name", source)
+    limit = Image.MAX_IMAGE_PIXELS or math.inf
     try:
-        im = Image.open(source)
-        if im.width * im.height > (Image.MAX_IMAGE_PIXELS or math.inf):
-            raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
-        im.load()
+        im = Image.open(source)  # reads the header only; raises above 2 x the limit
+        with _closed_on_error(im):
+            if im.width * im.height > limit:  # Pillow only warns between 1 and 2 x the limit
+                raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)  # keeps im.format, which `_full_scale` reads
     except Image.DecompressionBombError as err:
         raise ValueError(f"{name}: refusing a possible decompression bomb ({err}; the limit is "
                          f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels)") from None
-    ImageOps.exif_transpose(im, in_place=True)  # keeps im.format, which `_full_scale` reads
     return im
+
+
+@contextmanager
+def _closed_on_error(im: Image.Image):
+    try:
+        yield im
+    except BaseException:
+        im.close()
+        raise
 
 
 def load_image(source, resolution: int | None = None, channels: int | None = None) -> np.ndarray:
@@ -158,8 +170,10 @@ def load_image(source, resolution: int | None = None, channels: int | None = Non
     Raises ValueError for values its mode cannot hold and for decompression
     bombs, OSError for files that are not images.
     """
-    im = source if isinstance(source, Image.Image) else open_image(source)
-    name = getattr(im, "filename", "") or "image"
+    if not isinstance(source, Image.Image):
+        with open_image(source) as im:
+            return load_image(im, resolution, channels)
+    im, name = source, getattr(source, "filename", "") or "image"
     gray = im.mode in GRAY_MODES or im.mode.startswith("I;16")
     channels = channels or (1 if gray else 3)
     if channels not in (1, 3):

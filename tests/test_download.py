@@ -28,10 +28,7 @@ def server():
     s.close()
 
 
-@pytest.fixture(autouse=True)
-def online(monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "DDPM_JAX_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("online")
 
 
 def leftovers(folder: Path):

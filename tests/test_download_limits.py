@@ -25,17 +25,15 @@ MD5 = hashlib.md5(PAYLOAD).hexdigest()
 QUICK = Limits(deadline=20.0, stall=1.0, min_rate=2000.0, window=0.5)
 
 
+pytestmark = pytest.mark.usefixtures("online")
+
+
 @pytest.fixture
 def server():
+    """/m.ckpt, and / for the Hub probe; a drip is a byte every 0.2 s."""
     s = CheckpointServer({"/m.ckpt": PAYLOAD, "/": b""}, drip_interval=0.2)
     yield s
     s.close()
-
-
-@pytest.fixture(autouse=True)
-def online(monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "DDPM_JAX_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
 
 
 def left_behind(folder):
@@ -156,3 +154,15 @@ def test_hub_probe_gives_up_on_an_endpoint_that_never_answers(server, caplog):
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
     assert hub_answers(closed, timeout=1.0) is False
+
+
+def test_a_full_disk_is_not_retried(server, tmp_path, monkeypatch):
+    import builtins
+
+    import ddpm_jax.download as download
+
+    # The download's writes go to /dev/full, which answers every write with ENOSPC.
+    monkeypatch.setattr(download, "open", lambda path, mode: builtins.open("/dev/full", mode), raising=False)
+    msg, _ = timed(lambda: fetch(server.url("/m.ckpt"), tmp_path / "m.ckpt", MD5, limits=QUICK, backoff=0))
+    assert "cannot write the download: [Errno 28] No space left on device" in msg
+    assert server.requests["/m.ckpt"] == 1 and left_behind(tmp_path) == []

@@ -78,7 +78,8 @@ def test_every_mode_loads_by_its_real_bit_depth(tmp_path, mode):
     make, want = CASES[mode]
     path = make(tmp_path)
     if " " not in mode:
-        assert Image.open(path).mode == mode  # the file really is of that mode
+        with Image.open(path) as im:
+            assert im.mode == mode  # the file really is of that mode
     x = load_image(path)
     assert x.dtype == np.float32 and x.shape == want.shape
     np.testing.assert_allclose(x, want, atol=1e-6)
@@ -114,7 +115,8 @@ def test_channels_and_resize(tmp_path):
     path = _save(Image.fromarray(RGB8), tmp_path / "a.png")
     gray = load_image(path, channels=1)  # Pillow's "L": ITU-R 601-2 luma
     np.testing.assert_allclose(gray[0, 2, 0], unit(round((10 * 299 + 200 * 587 + 30 * 114) / 1000), 255))
-    assert load_image(Image.open(path), resolution=1).shape == (1, 1, 3)  # a PIL image works too
+    with Image.open(path) as im:
+        assert load_image(im, resolution=1).shape == (1, 1, 3)  # a PIL image works too
     with pytest.raises(ValueError, match="channels=2"):
         load_image(path, channels=2)
 

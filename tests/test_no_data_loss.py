@@ -154,9 +154,7 @@ def test_checkpoint_temporaries_of_a_killed_run_are_removed(tmp_path):
     assert remove_temporaries(tmp_path / "none") == []
 
 
-def test_download_temporaries_of_a_killed_fetch_are_removed(tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("DDPM_JAX_OFFLINE", raising=False)
+def test_download_temporaries_of_a_killed_fetch_are_removed(tmp_path, online):
     payload = bytes(range(256)) * 100
     server = CheckpointServer({"/m.ckpt": payload})
     try:
