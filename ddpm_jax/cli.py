@@ -78,9 +78,6 @@ def main(argv=None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return args.run(args)
-    except KeyboardInterrupt:
-        print(f"ddpm-jax {args.command}: interrupted", file=sys.stderr)
-        return 130
     except Exception as err:
         if not _expected(err) or os.environ.get("DDPM_JAX_DEBUG", "").strip() not in ("", "0"):
             raise
