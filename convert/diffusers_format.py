@@ -91,10 +91,44 @@ _OTHER_KEYS = {
 }
 
 
+def _positive_ints(value) -> list[int] | None:
+    """A non-empty JSON list of positive ints, or None."""
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    ):
+        return list(value)
+    return None
+
+
+def _strings(value) -> list[str] | None:
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def _as_object(cfg, source: str) -> dict:
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{source}: expected a JSON object of settings, got {type(cfg).__name__} {cfg!r:.80}")
+    return cfg
+
+
+def _built(cls, source: str, **fields):
+    """`cls(**fields)`, its range errors prefixed with the file they came from."""
+    try:
+        return cls(**fields)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{source}: {err}") from err
+
+
 def unet_config_from_diffusers(cfg: dict, source: str = "config.json") -> UNetConfig:
-    """A UNet2DModel config.json (as a dict) -> our UNetConfig, or ValueError naming what differs."""
+    """A UNet2DModel config.json (as a dict) -> our UNetConfig, or ValueError naming what differs.
+
+    The values go through UNetConfig's checks (types and ranges) before
+    anything is allocated.
+    """
+    cfg = _as_object(cfg, source)
     if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise ValueError(f"{source}: a {cfg['_class_name']}, not a UNet2DModel; only UNet2DModel converts")
+        raise ValueError(f"{source}: a {cfg['_class_name']!r}, not a UNet2DModel; only UNet2DModel converts")
     unknown = sorted(k for k in cfg if not k.startswith("_") and k not in _REQUIRED and k not in _OTHER_KEYS)
     if unknown:
         raise ValueError(f"{source}: unsupported UNet2DModel options {unknown}")
@@ -107,14 +141,26 @@ def unet_config_from_diffusers(cfg: dict, source: str = "config.json") -> UNetCo
         bad.append(f"act_fn={cfg['act_fn']!r} (need 'silu')")
     if cfg.get("attn_norm_num_groups") not in (None, 32):
         bad.append(f"attn_norm_num_groups={cfg['attn_norm_num_groups']!r} (need None or 32)")
-    boc = [int(c) for c in cfg.get("block_out_channels", (224, 448, 672, 896))]
+    # diffusers' blocks with no resnet keep their input's channels, which its
+    # downsampler and norms do not expect: such a UNet2DModel cannot run.
+    layers = cfg.get("layers_per_block", 2)
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+        bad.append(f"layers_per_block={layers!r} (need an int >= 1)")
+    boc = _positive_ints(cfg.get("block_out_channels", (224, 448, 672, 896)))
+    down = _strings(cfg.get("down_block_types", ("DownBlock2D",) + ("AttnDownBlock2D",) * 3))
+    up = _strings(cfg.get("up_block_types", ("AttnUpBlock2D",) * 3 + ("UpBlock2D",)))
+    if boc is None:
+        bad.append(f"block_out_channels={cfg['block_out_channels']!r} (need a non-empty list of positive ints)")
+    if down is None or up is None:
+        bad.append(f"down_block_types={cfg.get('down_block_types')!r}, up_block_types={cfg.get('up_block_types')!r} "
+                   "(need lists of block type names)")
+    if boc is None or down is None or up is None:  # the checks below need all three
+        raise ValueError(f"{source}: not the DDPM release's UNet; unsupported: " + "; ".join(bad))
     ch = boc[0]
     if any(c % ch for c in boc):
         bad.append(f"block_out_channels={boc} (each must be a multiple of the first)")
     if cfg.get("time_embedding_dim") not in (None, 4 * ch):
         bad.append(f"time_embedding_dim={cfg['time_embedding_dim']!r} (need None or {4 * ch})")
-    down = list(cfg.get("down_block_types", ("DownBlock2D",) + ("AttnDownBlock2D",) * 3))
-    up = list(cfg.get("up_block_types", ("AttnUpBlock2D",) * 3 + ("UpBlock2D",)))
     others = sorted({t for t in down if t not in ("DownBlock2D", "AttnDownBlock2D")}
                     | {t for t in up if t not in ("UpBlock2D", "AttnUpBlock2D")})
     if others:
@@ -129,25 +175,32 @@ def unet_config_from_diffusers(cfg: dict, source: str = "config.json") -> UNetCo
         bad.append(f"attention_head_dim={head!r} (need None: one head over all channels)")
     size = cfg.get("sample_size")
     if isinstance(size, (list, tuple)):
-        size = size[0] if len(set(size)) == 1 else None
-    if not isinstance(size, int):
-        bad.append(f"sample_size={cfg.get('sample_size')!r} (need one int, a square image)")
+        size = size[0] if size and all(v == size[0] for v in size) else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        bad.append(f"sample_size={cfg.get('sample_size')!r} (need one positive int, a square image)")
     if bad:
         raise ValueError(f"{source}: not the DDPM release's UNet; unsupported: " + "; ".join(bad))
-    return UNetConfig(
+    return _built(
+        UNetConfig, source,
         resolution=size,
-        in_channels=int(cfg.get("in_channels", 3)),
-        out_ch=int(cfg.get("out_channels", 3)),
+        in_channels=cfg.get("in_channels", 3),
+        out_ch=cfg.get("out_channels", 3),
         ch=ch,
         ch_mult=tuple(c // ch for c in boc),
-        num_res_blocks=int(cfg.get("layers_per_block", 2)),
+        num_res_blocks=layers,
         attn_resolutions=tuple(size // 2**i for i in attn_levels),
-        dropout=float(cfg.get("dropout", 0.0)),
+        dropout=cfg.get("dropout", 0.0),
     )
 
 
 def unet_config_to_diffusers(config: UNetConfig) -> dict:
-    """Our UNetConfig -> UNet2DModel keyword arguments (the inverse of the above)."""
+    """Our UNetConfig -> UNet2DModel keyword arguments (the inverse of the above).
+
+    diffusers cannot express num_res_blocks=0 (see `unet_config_from_diffusers`).
+    """
+    if config.num_res_blocks < 1:
+        raise ValueError(f"diffusers' UNet2DModel needs num_res_blocks >= 1; this config has "
+                         f"{config.num_res_blocks} (strided convs only going down)")
     attn = [config.resolution // 2**i in config.attn_resolutions for i in range(len(config.ch_mult))]
     return dict(
         sample_size=config.resolution,
@@ -169,15 +222,17 @@ _BETAS = {"linear": "linear", "scaled_linear": "quad"}  # scaled_linear is linsp
 
 
 def diffusion_config_from_diffusers(cfg: dict, source: str = "scheduler_config.json") -> DiffusionConfig:
-    """A DDPMScheduler config (as a dict) -> our DiffusionConfig, or ValueError."""
+    """A DDPMScheduler config (as a dict) -> our DiffusionConfig (its checks
+    included), or ValueError."""
+    cfg = _as_object(cfg, source)
     bad = []
     if cfg.get("_class_name", "DDPMScheduler") != "DDPMScheduler":
         bad.append(f"_class_name={cfg['_class_name']!r} (need 'DDPMScheduler')")
     schedule = cfg.get("beta_schedule", "linear")
     variance = cfg.get("variance_type", "fixed_small")
-    if schedule not in _BETAS:
+    if not isinstance(schedule, str) or schedule not in _BETAS:
         bad.append(f"beta_schedule={schedule!r} (need one of {sorted(_BETAS)})")
-    if variance not in _VARIANCE:
+    if not isinstance(variance, str) or variance not in _VARIANCE:
         bad.append(f"variance_type={variance!r} (need one of {sorted(_VARIANCE)})")
     for key, default, need in (("trained_betas", None, None), ("prediction_type", "epsilon", "epsilon"),
                                ("thresholding", False, False), ("rescale_betas_zero_snr", False, False),
@@ -188,19 +243,26 @@ def diffusion_config_from_diffusers(cfg: dict, source: str = "scheduler_config.j
         raise ValueError(f"{source}: unsupported scheduler settings: " + "; ".join(bad))
     if not cfg.get("clip_sample", True):
         log.warning("%s has clip_sample=false: sample with clip=False to match it", source)
-    return DiffusionConfig(
+    return _built(
+        DiffusionConfig, source,
         beta_schedule=_BETAS[schedule],
-        beta_start=float(cfg.get("beta_start", 1e-4)),
-        beta_end=float(cfg.get("beta_end", 0.02)),
-        num_diffusion_timesteps=int(cfg.get("num_train_timesteps", 1000)),
+        beta_start=cfg.get("beta_start", 1e-4),
+        beta_end=cfg.get("beta_end", 0.02),
+        num_diffusion_timesteps=cfg.get("num_train_timesteps", 1000),
         model_var_type=_VARIANCE[variance],
     )
 
 
-def _read_json(path: Path) -> dict:
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes
+
+
+def _read_json(path: Path):
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path} is {size} bytes; a config is at most {MAX_CONFIG_BYTES}")
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not readable JSON ({err})") from err
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddpm_jax.download import DownloadError, offline
+from ddpm_jax.download import DownloadError, hub_answers, offline
 
 from .diffusers_format import WEIGHT_FILES
 from .safe_load import TORCH_SUFFIXES
@@ -23,7 +23,13 @@ def hub_folder(repo_id: str) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    local_only = offline()
+    # An endpoint that accepts and never answers would hold huggingface_hub for
+    # minutes (its retries): ask once, briefly, and fall back to the cache.
+    if offline():
+        local_only, why = True, "downloads are off (HF_HUB_OFFLINE or DDPM_JAX_OFFLINE)"
+    else:
+        local_only = not hub_answers()
+        why = "the Hub did not answer" if local_only else "the Hub is unreachable"
     not_cached = []
 
     def first(candidates):
@@ -39,10 +45,8 @@ def hub_folder(repo_id: str) -> Path:
             except OSError as err:  # unknown repo, auth, HTTP errors
                 raise DownloadError(f"could not fetch {repo_id} from the Hub ({err})") from err
         if not_cached:
-            state = ("downloads are off (HF_HUB_OFFLINE or DDPM_JAX_OFFLINE)" if local_only
-                     else "the Hub is unreachable")
             raise DownloadError(
-                f"{repo_id} is not in the Hugging Face cache and {state}: run `hf download {repo_id}` "
+                f"{repo_id} is not in the Hugging Face cache and {why}: run `hf download {repo_id}` "
                 "while online (it fills the same cache), or pass a local diffusers model folder"
             )
         return None

@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ddpm_jax.config import UNetConfig
-from ddpm_jax.weights import SEP, expected_shapes, mismatch_summary, unflatten_params
+from ddpm_jax.weights import SEP, check_finite, expected_shapes, mismatch_summary, unflatten_params
 
 CONV, LINEAR, CONV1X1, NORM = "conv", "linear", "conv1x1", "norm"
 
@@ -104,7 +104,8 @@ def to_flax(state_dict: dict, keys: Sequence[Key], config: UNetConfig, *, source
     """Their state_dict (numpy float arrays) -> our nested params, float32.
 
     Strict: every key of theirs is consumed, every param of ours filled, every
-    shape checked; otherwise ValueError naming the first few offenders.
+    shape checked and every value finite; otherwise ValueError naming the
+    first few offenders.
     """
     bad = mismatches(state_dict, keys)
     if any(bad):
@@ -117,6 +118,7 @@ def to_flax(state_dict: dict, keys: Sequence[Key], config: UNetConfig, *, source
                                      dtype=np.float32)
         for k in keys
     }
+    check_finite(flat, source=source)
     return unflatten_params(flat)
 
 

@@ -27,6 +27,7 @@ class PortCheckpoint:
     md5: str
     diffusion_config: DiffusionConfig
     unet_config: UNetConfig
+    max_bytes: int = 10**9  # a download larger than this is cut off (see download.fetch)
 
 
 _HEIBOX = "https://heibox.uni-heidelberg.de/f/{}/?dl=1"
@@ -49,8 +50,10 @@ def _released(name, file_id, step, md5) -> PortCheckpoint:
     data = name.removeprefix("ema_")
     preset = "cifar10" if data == "cifar10" else "lsun"
     ema = "ema_" if name.startswith("ema_") else ""
+    # The files are about 143 MB (cifar10) and 455 MB (lsun): bounds with room to spare.
+    max_bytes = 300 * 10**6 if preset == "cifar10" else 10**9
     return PortCheckpoint(_HEIBOX.format(file_id), f"{ema}diffusion_{data}_model/model-{step}.ckpt", md5,
-                          DIFFUSION_PRESETS[preset], UNET_PRESETS[preset])
+                          DIFFUSION_PRESETS[preset], UNET_PRESETS[preset], max_bytes)
 
 
 # name -> checkpoint; tests register tiny entries served on loopback.

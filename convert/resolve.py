@@ -109,7 +109,7 @@ def source_files(source: Source) -> list[Path]:
 
 def _fetch_released(source: Source) -> Path:
     entry = source.entry
-    return fetch(entry.url, cache_dir() / entry.filename, entry.md5)
+    return fetch(entry.url, cache_dir() / entry.filename, entry.md5, max_bytes=entry.max_bytes)
 
 
 def convert(source: Source, preset: str | None = None):

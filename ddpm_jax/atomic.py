@@ -2,17 +2,22 @@
 
 A file is written to a temporary name beside its target, synced, and renamed
 over it (`os.replace`, atomic on POSIX), so a killed process leaves either the
-old file or the new one, never a torn file under the real name.
+old file or the new one, never a torn file under the real name. What a killed
+process does leave is its temporary file, `.<name>.<random><suffix>`: the
+next run that owns the folder removes them with `remove_temporaries`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -32,6 +37,23 @@ def atomic_path(path, suffix: str = ".tmp") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def remove_temporaries(folder, name: str = "*", suffix: str = ".tmp") -> list[Path]:
+    """Delete the temporary files `atomic_path` left in `folder` for targets
+    matching the glob `name` (a killed writer's); returns what was removed.
+
+    Call it only while no other process writes those targets (under their
+    lock, or in a folder this run owns).
+    """
+    removed = []
+    for tmp in Path(folder).glob(f".{name}.*{suffix}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    if removed:
+        log.info("removed %d temporary file(s) a killed run left in %s", len(removed), folder)
+    return removed
 
 
 def write_with(path, write: Callable[[BinaryIO], object]) -> Path:

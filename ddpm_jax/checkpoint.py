@@ -20,6 +20,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from . import atomic
 from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,20 @@ def list_checkpoints(folder) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def remove_temporaries(folder) -> list[Path]:
+    """Delete the half-written checkpoints (`.ckpt-<step>.safetensors.<random>.tmp`)
+    a killed run left in `folder`; `save_checkpoint` does it before each write.
+    Only the run that owns the folder may call it."""
+    return atomic.remove_temporaries(folder, "ckpt-*.safetensors") if Path(folder).is_dir() else []
+
+
 def _flatten(state) -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
-def _digest(flat: dict[str, np.ndarray]) -> str:
+def tensor_digest(flat: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays: each name, dtype, shape and bytes, in name order."""
     h = hashlib.sha256()
     for name in sorted(flat):
         a = np.ascontiguousarray(flat[name])
@@ -59,16 +68,18 @@ def save_checkpoint(folder, state, metadata: dict, keep: int = 3) -> Path:
     """Write `state` as ckpt-<step>.safetensors; keep the newest `keep` files.
 
     `metadata` (JSON-serialisable) is stored beside the step and digest.
-    Refuses to replace an existing file of the same step.
+    Refuses to replace an existing file of the same step. Temporary files a
+    killed run left are removed first.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(folder)
     step = int(state.step)
     path = checkpoint_path(folder, step)
     if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite a checkpoint")
     flat = _flatten(state)
-    meta = {"format": FORMAT, "step": str(step), "sha256": _digest(flat),
+    meta = {"format": FORMAT, "step": str(step), "sha256": tensor_digest(flat),
             "run": json.dumps(metadata, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(flat, tmp, metadata=meta)
@@ -96,7 +107,7 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray], int]:
             f"{path} is not a ddpm_jax training checkpoint (format {meta.get('format')!r}, "
             f"expected {FORMAT!r}); {hint}"
         )
-    if _digest(flat) != meta.get("sha256"):
+    if tensor_digest(flat) != meta.get("sha256"):
         raise ValueError(f"checkpoint {path} is corrupt: its contents do not match their SHA-256; {hint}")
     try:
         run = json.loads(meta["run"])

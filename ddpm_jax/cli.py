@@ -2,6 +2,12 @@
 
 A subcommand module defines `add_arguments(parser)` and `run(args) -> int`;
 it is imported only when chosen, so `ddpm-jax sample` never loads gradio.
+
+Errors: what a user can cause or fix (`EXPECTED_ERRORS`: bad values and
+types, files missing, unreadable, unwritable or in the way, a full or
+read-only disk, failed downloads, too little memory) ends the command with
+one line on stderr and exit code 2. Anything else is a bug and keeps its
+traceback; `DDPM_JAX_DEBUG=1` shows the traceback of every error.
 """
 
 from __future__ import annotations
@@ -9,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+from pathlib import Path
 
 COMMANDS = {
     "sample": ("ddpm_jax.sample_cli", "denoise fresh noise into PNG images"),
@@ -32,6 +40,37 @@ def build_parser(argv) -> argparse.ArgumentParser:
     return parser
 
 
+# OSError covers FileNotFoundError, PermissionError, IsADirectoryError, a full
+# or read-only disk and download.DownloadError; MemoryError a refused host
+# allocation. XLA's out-of-device-memory error is a RuntimeError (see _expected).
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, MemoryError)
+
+
+def _expected(err: Exception) -> bool:
+    return isinstance(err, EXPECTED_ERRORS) or (
+        isinstance(err, RuntimeError) and str(err).startswith("RESOURCE_EXHAUSTED"))
+
+
+def check_out_dir(path, flag: str = "--out") -> Path:
+    """`path` if it is, or can become, a folder this process can write in;
+    else ValueError saying why. Nothing is created: call it before loading
+    a model, so that a bad `--out` fails at once."""
+    path = Path(path).expanduser()
+    there = path  # the nearest part of the path that exists
+    while not there.is_dir():
+        if there.exists() or there.is_symlink():
+            raise ValueError(f"{flag} {path}: {there} is a file, not a folder; give a folder path")
+        there = there.parent
+    if not os.access(there, os.W_OK | os.X_OK):
+        why = "on a read-only file system" if os.statvfs(there).f_flag & os.ST_RDONLY else "not writable"
+        raise ValueError(f"{flag} {path}: cannot write there, {there} is {why}")
+    return path
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -39,8 +78,10 @@ def main(argv=None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"ddpm-jax {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if not _expected(err) or os.environ.get("DDPM_JAX_DEBUG", "").strip() not in ("", "0"):
+            raise
+        print(f"ddpm-jax {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

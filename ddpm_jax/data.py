@@ -1,8 +1,9 @@
 """Training images as one NHWC float32 array in [-1, 1].
 
 Sources: scikit-learn's bundled 8x8 digits (no download), a `.npy`/`.npz`
-array, or a folder of PNG/JPEG files. Every loader returns images at the
-model's resolution and channel count; batches are drawn inside the jitted
+array, or a folder of image files (PNG, JPEG, TIFF, BMP, WebP, of any mode:
+`images.load_image`). Every loader returns images at the model's resolution
+and channel count; batches are drawn inside the jitted
 train step (see `train.py`), so the data never leaves this array.
 """
 
@@ -12,11 +13,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from .images import load_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 # The fixed split of load_digits shared by training (`digits`) and
 # bench/digits_quality.py (its held-out part is never trained on).
@@ -96,36 +99,24 @@ def load_array(path, resolution: int, channels: int) -> np.ndarray:
     return x
 
 
-def _load_image(path: Path, resolution: int, channels: int) -> np.ndarray:
-    """Center-crop to a square, resize to R x R (bicubic), as uint8 HWC."""
-    with Image.open(path) as im:
-        im.load()
-        im = im.convert("L" if channels == 1 else "RGB")
-    w, h = im.size
-    s = min(w, h)
-    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    if s != resolution:
-        im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    arr = np.asarray(im, np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
 def load_folder(path, resolution: int, channels: int, *, strict: bool = False) -> np.ndarray:
-    """Every PNG/JPEG under `path` (recursive, sorted), center-cropped and resized.
+    """Every image file (`IMAGE_SUFFIXES`) under `path` (recursive, sorted),
+    center-cropped and resized.
 
-    Other files and images that fail to decode are skipped with a warning
-    naming them, or raise ValueError with `strict`.
+    Each goes through `images.load_image` (every Pillow mode, by its real bit
+    depth). Other files, images that fail to decode and decompression bombs
+    are skipped with a warning naming them, or raise ValueError with `strict`.
     """
     root = Path(path)
     files = sorted(p for p in root.rglob("*") if p.is_file())
     images, skipped = [], []
     for f in files:
         if f.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append((f, "not a .png/.jpg/.jpeg file"))
+            skipped.append((f, f"not a {'/'.join(IMAGE_SUFFIXES)} file"))
             continue
         try:
-            images.append(_load_image(f, resolution, channels))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+            images.append(load_image(f, resolution, channels))
+        except (OSError, ValueError) as err:  # UnidentifiedImageError is an OSError
             skipped.append((f, f"unreadable image: {err}"))
     if skipped:
         listing = "; ".join(f"{f} ({why})" for f, why in skipped)
@@ -133,8 +124,8 @@ def load_folder(path, resolution: int, channels: int, *, strict: bool = False) -
             raise ValueError(f"{len(skipped)} bad file(s) in {root}: {listing}")
         log.warning("skipping %d file(s) in %s: %s", len(skipped), root, listing)
     if not images:
-        raise ValueError(f"no readable .png/.jpg/.jpeg images in {root}")
-    return np.stack(images).astype(np.float32) / 127.5 - 1.0
+        raise ValueError(f"no readable {'/'.join(IMAGE_SUFFIXES)} images in {root}")
+    return np.stack(images)
 
 
 def load_dataset(spec: str, resolution: int, channels: int, *, strict: bool = False) -> np.ndarray:

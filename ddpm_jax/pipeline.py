@@ -7,7 +7,6 @@ forward steps x has had (T for pure noise x_T, 0 for a clean image).
 from __future__ import annotations
 
 import copy
-import operator
 from functools import partial
 from typing import Callable, Iterator, NamedTuple
 
@@ -17,9 +16,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from . import images
+from .checks import check_float, check_int as _check_int
 from .coefficients import make_coefficients
 from .diffusion import ddim_step, denoising_step
 from .config import DiffusionConfig, UNetConfig
+from .memory import check_batch
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
 from .sharding import replicate, shard_batch
 from .unet import UNet
@@ -44,13 +45,25 @@ SAMPLERS = ("ddpm", "ddim")
 DTYPES = ("float32", "bfloat16")
 
 
+# Seeds are ints in [0, 2**64): the two 32-bit words of a threefry key. Seeds
+# below 2**32 give jax.random.key(seed) as before; jax.random.key itself keeps
+# only the low 32 bits without jax_enable_x64, so 2**32 and 0 would collide.
+SEED_RANGE = (0, 2**64 - 1)
+
+
 def as_key(key) -> jax.Array:
-    """None -> key(0); an int seed -> key(seed); a PRNG key passes through."""
+    """None -> seed 0; an int seed in `SEED_RANGE` -> its own key; a PRNG key passes through."""
     if key is None:
-        return jax.random.key(0)
-    if isinstance(key, (int, np.integer)):
-        return jax.random.key(int(key))
-    return key
+        key = 0
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        seed = _check_int("seed", key, *SEED_RANGE)
+        words = np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
+        return jax.random.wrap_key_data(words, impl="threefry2x32")
+    if isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                       or (key.dtype == jnp.uint32 and key.shape == (2,))):
+        return key
+    raise TypeError(f"key must be an int seed in [0, 2**64) or a jax.random key, "
+                    f"got {type(key).__name__} {key!r:.80}")
 
 
 def _apply_unet(model: UNet, dtype, params, x, t):
@@ -64,16 +77,6 @@ def _run(chain: Iterator[Step], callback: Callback | None) -> jax.Array:
         if callback is not None:
             callback(item)
     return item.x
-
-
-def _check_int(name, value, lo, hi):
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
-    if not lo <= value <= hi:
-        raise ValueError(f"{name}={value} is out of range; expected {lo} <= {name} <= {hi}")
-    return value
 
 
 class Diffusion:
@@ -111,7 +114,8 @@ class Diffusion:
         steps = T if steps is None else _check_int("steps", steps, 1, T)
         self.coeffs = make_coefficients(diffusion_config, steps)
         self.num_timesteps = self.coeffs.num_timesteps
-        self.sampler, self.eta = sampler, float(eta)
+        # DDIM's eta interpolates between DDIM (0) and DDPM's variance (1), Song et al. eq. 16.
+        self.sampler, self.eta = sampler, check_float("eta", eta, 0.0, 1.0)
         self.chunk_size = _check_int("chunk_size", chunk_size, 1, 10**6)
         eps_fn = partial(_apply_unet, self.model, self.dtype)
         step_fn = denoising_step if sampler == "ddpm" else partial(ddim_step, eta=self.eta)
@@ -178,11 +182,16 @@ class Diffusion:
             raise ValueError(f"x has shape {tuple(x.shape)}; this model expects (n, H, W, C) = {want}")
         if x.dtype != np.float32:
             raise ValueError(f"x has dtype {x.dtype}; this model expects float32 (x.astype('float32'))")
-        return jnp.asarray(x)
+        x = jnp.asarray(x)
+        if not bool(jnp.isfinite(x).all()):
+            raise ValueError("x holds NaN or infinite values; it must be finite (images in [-1, 1], or "
+                             "a chain's x_t)")
+        return x
 
     def _ids(self, n, first_index):
         n = _check_int("n", n, 1, 2**31 - 1)
         first_index = _check_int("first_index", first_index, 0, 2**31 - 1 - n)
+        check_batch(n, self.unet_config, 1 if self.mesh is None else self.mesh.size)
         return n, self._place(jnp.arange(first_index, first_index + n, dtype=jnp.int32))
 
     def _place(self, batch):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from .checks import check_float, check_int
 from .coefficients import Coefficients
 from .config import UNetConfig
 from .diffusion import q_sample
@@ -40,16 +40,11 @@ class TrainConfig:
 
     def __post_init__(self):
         """Refuse values that would train on nothing or diverge silently."""
-        for name, lo, hi in (("learning_rate", 0.0, 1.0), ("grad_clip", 0.0, 1e6), ("ema_decay", 0.0, 1.0)):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and lo <= value <= hi and math.isfinite(value)) or (
-                    name != "ema_decay" and value == 0):
-                raise ValueError(f"{name}={value!r} is out of range; expected a number in "
-                                 f"{'[' if name == 'ema_decay' else '('}{lo:g}, {hi:g}]")
+        check_float("learning_rate", self.learning_rate, 0.0, 1.0, open_lo=True)
+        check_float("grad_clip", self.grad_clip, 0.0, 1e6, open_lo=True)
+        check_float("ema_decay", self.ema_decay, 0.0, 1.0)
         for name, lo in (("warmup_steps", 0), ("batch_size", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 2**31 - 1:
-                raise ValueError(f"{name}={value!r} is out of range; expected an int in [{lo}, {2**31 - 1}]")
+            check_int(name, getattr(self, name), lo, 2**31 - 1)
 
 
 TRAIN_PRESETS = {

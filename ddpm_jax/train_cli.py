@@ -36,6 +36,7 @@ def add_arguments(p):
 def run(args) -> int:
     import logging
 
+    from .cli import check_out_dir
     from .compile_cache import enable_compilation_cache
     from .config import DIFFUSION_PRESETS, UNET_PRESETS
     from .data import load_dataset
@@ -43,6 +44,7 @@ def run(args) -> int:
     from .trainer import RunOptions, open_run, with_overrides
     from .unet import count_params
 
+    check_out_dir(args.out)
     options = RunOptions(steps=args.steps, ckpt_every=args.ckpt_every, keep=args.keep,
                          sample_every=args.sample_every, log_every=args.log_every)
     tcfg = with_overrides(TRAIN_PRESETS.get(args.config, TrainConfig()), batch_size=args.batch,

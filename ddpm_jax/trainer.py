@@ -30,7 +30,8 @@ from .atomic import write_bytes
 from .checkpoint import list_checkpoints, read_checkpoint, restore_state, save_checkpoint
 from .coefficients import make_coefficients
 from .config import DiffusionConfig, UNetConfig, config_to_dict
-from .pipeline import Diffusion, _check_int
+from .checks import check_int
+from .pipeline import Diffusion
 from .sharding import data_mesh, replicate
 from .train import TrainConfig, TrainState, init_state, make_train_step
 from .weights import save_weights
@@ -52,7 +53,7 @@ class RunOptions:
 
     def __post_init__(self):
         for name, lo in (("steps", 0), ("ckpt_every", 1), ("keep", 1), ("sample_every", 0), ("log_every", 1)):
-            _check_int(name, getattr(self, name), lo, 10**9)
+            check_int(name, getattr(self, name), lo, 10**9)
 
 
 def run_metadata(dcfg: DiffusionConfig, ucfg: UNetConfig, tcfg: TrainConfig) -> dict:
@@ -200,7 +201,7 @@ def open_run(out, data, unet_config: UNetConfig, diffusion_config: DiffusionConf
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder for the run")
+        raise ValueError(f"--out {out} is a file, not a folder; give a folder path")
     ckpt_dir = out / "checkpoints"
     existing = list_checkpoints(ckpt_dir)
     state = None

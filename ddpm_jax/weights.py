@@ -76,6 +76,16 @@ def check_params(flat: dict[str, tuple[int, ...]], config: UNetConfig, source: s
         )
 
 
+def check_finite(flat: dict, source: str = "params"):
+    """Raise ValueError naming the arrays that hold NaN or infinite values
+    (a model with them samples black or NaN images)."""
+    bad = [k for k, v in flat.items() if not np.isfinite(v).all()]
+    if bad:
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise ValueError(f"{source} holds NaN or infinite values in {len(bad)} array(s): "
+                         f"{', '.join(bad[:5])}{more}; the weights are damaged (or training diverged)")
+
+
 def mismatch_summary(missing, unexpected, misshaped, shown: int = 5) -> str:
     """'2 missing: a, b; 1 mis-shaped: c: (1,) != (2,)', the first `shown` of each."""
     parts = []
@@ -101,7 +111,8 @@ def save_weights(path, params: dict, diffusion_config: DiffusionConfig, unet_con
 
 
 def load_weights(path) -> tuple[DiffusionConfig, UNetConfig, dict]:
-    """Read a file written by `save_weights`; checks every key and shape."""
+    """Read a file written by `save_weights`; checks both configs, every key,
+    shape and value (NaN/inf are refused)."""
     path = Path(path)
     try:
         with safe_open(path, framework="numpy") as f:
@@ -121,7 +132,10 @@ def load_weights(path) -> tuple[DiffusionConfig, UNetConfig, dict]:
     try:
         dcfg = config_from_dict(DiffusionConfig, json.loads(meta["diffusion_config"]))
         ucfg = config_from_dict(UNetConfig, json.loads(meta["unet_config"]))
-    except (KeyError, json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"{path} has unreadable config metadata: {err!r}") from err
+    except KeyError as err:
+        raise ValueError(f"{path} has no {err} in its metadata; re-create it with `ddpm-jax convert`") from err
+    except (ValueError, TypeError) as err:  # bad JSON, or a field out of range
+        raise ValueError(f"{path} has an invalid config in its metadata: {err}") from err
     check_params(flat, ucfg, source=str(path))
+    check_finite(flat, source=str(path))
     return dcfg, ucfg, unflatten_params(flat)

@@ -33,3 +33,10 @@ def saved(tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("saved") / "tiny.safetensors"
     tiny_model.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """Downloads allowed, whatever the environment says (the servers are loopback)."""
+    for var in ("HF_HUB_OFFLINE", "DDPM_JAX_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)

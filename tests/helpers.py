@@ -166,47 +166,81 @@ def zero_state_dict(shapes: dict) -> dict:
 class CheckpointServer:
     """An HTTP server on 127.0.0.1 serving `files` (path -> bytes), made by a test.
 
-    `plan[path]` is a list of behaviours used up one per request, then "ok":
+    `plan[path]` is a list of behaviours used up one per request (GET or
+    HEAD), then "ok":
     "ok", "slow" (the body in pieces over ~0.5 s), "truncate" (half the
     announced body, then the connection closes), "corrupt" (other bytes of the
-    same length), "500". `requests[path]` counts GETs.
+    same length), "500", "404",
+    "drip" (the announced body one byte every `drip_interval` s),
+    "stall" (accepts, reads the request, never answers),
+    "endless" (no Content-Length, bytes until the client hangs up),
+    "huge" (announces 10**12 bytes, sends none).
+    `requests[path]` counts requests. Every behaviour ends when the server closes.
     """
 
-    def __init__(self, files: dict[str, bytes]):
+    def __init__(self, files: dict[str, bytes], drip_interval: float = 0.3):
         import collections
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.files, self.plan, self.requests = files, {}, collections.Counter()
+        self.drip_interval = drip_interval
+        self.closing = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
-            def do_GET(self):
+            def do_HEAD(self):
+                self.do_GET(head=True)
+
+            def do_GET(self, head=False):
                 server.requests[self.path] += 1
                 body = server.files.get(self.path)
                 steps = server.plan.get(self.path, [])
                 how = steps.pop(0) if steps else "ok"
-                if body is None or how == "500":
-                    self.send_error(404 if body is None else 500)
+                try:
+                    self._answer(body, how, head)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client hung up, as it should on a bad server
+
+            def _answer(self, body, how, head):
+                if how == "stall":
+                    server.closing.wait()
+                    return
+                if body is None or how in ("404", "500"):
+                    self.send_error(500 if how == "500" else 404)
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if how == "endless":
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(10**12 if how == "huge" else len(body)))
                 self.end_headers()
+                if head or how == "huge":
+                    return
                 if how == "truncate":
                     self.wfile.write(body[: len(body) // 2])
                     self.close_connection = True
                 elif how == "corrupt":
                     self.wfile.write(bytes(b ^ 0xFF for b in body))
                 elif how == "slow":
-                    import time
-
                     for i in range(10):
                         self.wfile.write(body[i * len(body) // 10:(i + 1) * len(body) // 10])
                         self.wfile.flush()
-                        time.sleep(0.05)
+                        server.closing.wait(0.05)
+                elif how == "drip":
+                    for i in range(len(body)):
+                        if server.closing.is_set():
+                            return
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        server.closing.wait(server.drip_interval)
+                elif how == "endless":
+                    block = bytes(1 << 16)
+                    while not server.closing.is_set():
+                        self.wfile.write(block)
                 else:
                     self.wfile.write(body)
 
@@ -218,5 +252,6 @@ class CheckpointServer:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
     def close(self):
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()

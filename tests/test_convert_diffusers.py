@@ -62,7 +62,8 @@ def test_cifar10_layout_maps_to_the_cifar10_preset():
     assert diffusion_config_from_diffusers(sched) == DIFFUSION_PRESETS["cifar10"]
 
 
-@pytest.mark.parametrize("config", [CONVERT_UNET, *UNET_PRESETS.values()])
+# digits (num_res_blocks=0) has no diffusers form: tests/test_validation.py checks it is refused.
+@pytest.mark.parametrize("config", [CONVERT_UNET, UNET_PRESETS["cifar10"], UNET_PRESETS["lsun"]])
 def test_unet_config_round_trip(config):
     assert unet_config_from_diffusers(json.loads(json.dumps(unet_config_to_diffusers(config)))) == config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_jax.download import DownloadError, cache_dir, fetch
+from ddpm_jax.download import DownloadError, Limits, cache_dir, fetch
 
 from .helpers import CheckpointServer
 
@@ -28,10 +28,7 @@ def server():
     s.close()
 
 
-@pytest.fixture(autouse=True)
-def online(monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "DDPM_JAX_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("online")
 
 
 def leftovers(folder: Path):
@@ -142,7 +139,7 @@ def test_no_network_is_a_clear_error(tmp_path):
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/model.ckpt"
     with pytest.raises(DownloadError, match=rf"could not fetch model.ckpt \(URLError.*download {url} and save it"):
-        fetch(url, tmp_path / "model.ckpt", MD5, retries=2, backoff=0, timeout=5)
+        fetch(url, tmp_path / "model.ckpt", MD5, retries=2, backoff=0, limits=Limits(stall=5))
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):

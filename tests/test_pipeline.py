@@ -70,7 +70,7 @@ def test_sample_cli(saved, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["sample", "--model", str(saved), "--n", "3", "--seed", "2", "--out", str(out)]) == 0
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["00000.png", "00001.png", "00002.png", "grid.png"]
+    assert files == ["00000.png", "00001.png", "00002.png", "grid.png", "manifest.json"]
     want = to_uint8(Diffusion.from_pretrained(saved).denoise(3, key=2), clip=True)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "00001.png"))[..., None], want[1])
 
