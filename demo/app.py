@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax.images import save_png
+from ddpm_jax.images import load_image, save_png
 from ddpm_jax.pipeline import as_key
 from ddpm_jax.sampling import initial_noise
 
 from . import render
-from .inputs import raw
+from .inputs import image_path, raw
 from .models import Models, ModelUnavailable
 from .state import Session, parse_bool, parse_int
 from .views import KEEP, View, bind
@@ -272,14 +272,20 @@ class Demo:
                                     False, "diffuse")
 
     def use_image(self, session: Session, image, show_x0=False):
-        """An uploaded picture becomes x_0 (step 0) for every sample of the batch."""
+        """An uploaded picture (its file path) becomes x_0 (step 0) for every sample of the batch.
+
+        Any image Pillow reads, at its real bit depth (`images.load_image`),
+        center-cropped and resized to the model's resolution and channels.
+        """
         try:
             model = self._ensure(session)
             if image is None:
                 raise ValueError("no picture: upload one first")
+            if not isinstance(image, (str, Path)):
+                raise ValueError(f"the picture must be an uploaded file, got {type(image).__name__}")
             h, _, c = model.image_shape
-            x0 = render.image_to_x0(image, h, c)
-        except (ValueError, ModelUnavailable) as err:
+            x0 = load_image(image, resolution=h, channels=c)
+        except (ValueError, OSError, ModelUnavailable) as err:
             return self._warn(session, show_x0 is True, err)
         with session.lock:
             session.generation += 1
@@ -391,8 +397,8 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
                                  buttons=["download", "fullscreen"])
         with gr.Accordion("Beyond the port: your picture, branching, downloads", open=False):
             with gr.Row():
-                upload = gr.Image(label="upload a picture: it becomes x_0", format="png",
-                                  type="numpy", sources=["upload", "clipboard"])
+                upload = image_path(gr.Image(label="upload a picture: it becomes x_0", format="png",
+                                             type="filepath", image_mode=None, sources=["upload", "clipboard"]))
                 with gr.Column():
                     branches = raw(gr.Slider(1, MAX_BRANCHES, value=4, step=1, label="branches k"))
                     branch_btn = gr.Button("Branch: k continuations of sample 0's x_t")

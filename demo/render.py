@@ -110,19 +110,3 @@ def write_gif(frames: list[np.ndarray], path, scale: int = 1, fps: float = 12.0,
     durations = [frame_ms] * (len(pics) - 1) + [max(frame_ms, round(1000 * hold_last_s))]
     return write_with(path, lambda f: pics[0].save(f, format="GIF", save_all=True, append_images=pics[1:],
                                                   duration=durations, loop=0))
-
-
-def image_to_x0(img: np.ndarray, resolution: int, channels: int) -> np.ndarray:
-    """An uploaded HWC (or HW) uint8 picture -> x_0, (H, W, C) float32 in [-1, 1].
-
-    Center-cropped to a square, resized to the model's resolution, and turned
-    grayscale or RGB to match its channels.
-    """
-    pic = Image.fromarray(np.asarray(img, dtype=np.uint8))
-    side = min(pic.size)
-    l, t = (pic.width - side) // 2, (pic.height - side) // 2
-    pic = pic.crop((l, t, l + side, t + side)).resize((resolution, resolution), Image.LANCZOS)
-    pic = pic.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(pic, dtype=np.float32).reshape(resolution, resolution, channels)
-    return arr / 127.5 - 1.0
-

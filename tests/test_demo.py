@@ -281,10 +281,6 @@ def test_render_helpers():
     assert render.alphas_cumprod_at(abar, 0) == 1.0 and render.alphas_cumprod_at(abar, 50) == 0.01
     plot0, plot50 = render.schedule_plot(abar, 0), render.schedule_plot(abar, 50)
     assert plot0.shape == (170, 360, 3) and not np.array_equal(plot0, plot50)
-    rgb = render.image_to_x0(np.full((10, 20, 3), 255, np.uint8), 8, 3)
-    gray = render.image_to_x0(np.zeros((9, 9), np.uint8), 8, 1)
-    assert rgb.shape == (8, 8, 3) and np.allclose(rgb, 1.0)
-    assert gray.shape == (8, 8, 1) and np.allclose(gray, -1.0)
 
 
 # -- the command ------------------------------------------------------------------

@@ -140,3 +140,34 @@ def test_an_upload_over_the_limit_is_refused(url, tmp_path):
 def test_the_queue_is_bounded(models):
     app = build_app(models, "tiny", queue_size=3)
     assert app._queue.max_size == 3
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (no pixel data): a decompression bomb's opening."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_uploads_load_at_their_bit_depth_and_bad_files_get_a_message(url, tmp_path):
+    c = client(url)
+    c.predict("tiny", False, 0, 1, api_name="/reset")
+    pic = np.zeros((8, 8), np.uint16)
+    pic[:, 4:] = 49152  # 3/4 of 16-bit white: x_0 = 0.5 on the right, -1 on the left
+    Image.fromarray(pic).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    out = c.predict(gradio_client.handle_file(str(tmp_path / "deep.png")), False, api_name="/use_image")
+    assert out[1] == 0, out[2]
+    shown = np.asarray(Image.open(out[0]))[:: render.display_scale(8), :: render.display_scale(8)]
+    assert shown[:, :4].max() == 0 and abs(int(shown[:, 4:].mean()) - 191) <= 1  # (0.5 + 1) * 127.5
+    (tmp_path / "junk.png").write_bytes(b"this is not an image at all")
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(20000, 20000))
+    for name, fragment in (("junk.png", "cannot identify image file"), ("bomb.png", "decompression bomb")):
+        out = c.predict(gradio_client.handle_file(str(tmp_path / name)), False, api_name="/use_image")
+        assert out[2].startswith("⚠️") and fragment in out[2].lower(), out[2]
+        assert out[1] == 0  # still the 16-bit picture

@@ -86,7 +86,7 @@ def test_resumed_log_has_each_step_once(tmp_path, monkeypatch, data):
 
 
 @pytest.mark.parametrize("flags, match", [
-    (["--batch", "0"], r"batch_size=0 is out of range; expected an int in \[1, "),
+    (["--batch", "0"], r"batch_size=0 is out of range; expected 1 <= batch_size <= "),
     (["--lr", "nan"], r"learning_rate=nan is out of range"),
     (["--lr", "0"], r"learning_rate=0.0 is out of range"),
     (["--ema-decay", "1.5"], r"ema_decay=1.5 is out of range"),
@@ -108,7 +108,7 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.write_text("my notes")
     assert main(["train", "--data", "digits", "--steps", "1", "--out", str(out)]) == 2
-    assert "is a file; give a folder" in capsys.readouterr().err
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert out.read_text() == "my notes"
 
 
