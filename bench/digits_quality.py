@@ -28,6 +28,8 @@ import time
 import numpy as np
 from scipy import linalg
 
+from ddpm_jax.pipeline import SAMPLERS
+
 CONFIDENT = 0.9
 
 
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=1000, help="samples to judge")
     p.add_argument("--steps", type=int, default=None,
                    help="sampling steps: the chain respaced to this many (default: all T)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM's eta")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
