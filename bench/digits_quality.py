@@ -28,6 +28,8 @@ import time
 import numpy as np
 from scipy import linalg
 
+from ddpm_jax.pipeline import SAMPLERS
+
 CONFIDENT = 0.9
 
 
@@ -71,7 +73,7 @@ def judge(clf, x8: np.ndarray, ref_features: np.ndarray) -> dict:
 
 
 def sample_digits(model_name: str, n: int, steps: int | None, batch: int, seed: int,
-                  sampler: str = "ddpm", eta: float = 0.0):
+                  sampler: str = "ddpm", eta: float = 0.0, clip: bool = True):
     """n samples (`sampler` over `steps` respaced steps or all T) as 8x8 digits in [0, 16], and seconds."""
     from ddpm_jax import Diffusion
     from ddpm_jax.data import images_to_digits
@@ -83,7 +85,7 @@ def sample_digits(model_name: str, n: int, steps: int | None, batch: int, seed: 
     out = []
     for first in range(0, n, batch):
         k = min(batch, n - first)
-        x = model.denoise(k, key=seed, first_index=first)
+        x = model.denoise(k, key=seed, first_index=first, clip=clip)
         out.append(np.asarray(x))
         print(f"  sampled {first + k}/{n} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return images_to_digits(np.concatenate(out)), time.perf_counter() - t0
@@ -95,8 +97,10 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=1000, help="samples to judge")
     p.add_argument("--steps", type=int, default=None,
                    help="sampling steps: the chain respaced to this many (default: all T)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM's eta")
+    p.add_argument("--no-clip", dest="clip", action="store_false",
+                   help="do not clip the predicted x_0 to [-1, 1] at each step")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the results here")
@@ -112,7 +116,7 @@ def main(argv=None) -> int:
     ref = hidden_features(clf, x_te)
 
     samples, seconds = sample_digits(args.model, args.n, args.steps, args.batch, args.seed,
-                                     args.sampler, args.eta)
+                                     args.sampler, args.eta, args.clip)
     real = judge(clf, x_te, ref)
     # The floor: training digits vs held-out. The Fréchet distance shrinks as
     # its sample grows, so the floor uses as many training digits as there are
@@ -124,6 +128,7 @@ def main(argv=None) -> int:
     model = judge(clf, samples, ref)
     result = {
         "model": args.model, "steps": args.steps or "T", "sampler": args.sampler, "eta": args.eta,
+        "clip": args.clip,
         "seed": args.seed,
         "classifier_heldout_accuracy": accuracy,
         "heldout_real": real, "samples": model, "sampling_seconds": round(seconds, 1),
@@ -139,7 +144,8 @@ def main(argv=None) -> int:
           f"{real['frechet']:10.3f}  (frechet: {len(subset)} training vs held-out digits = the floor; "
           f"all {len(x_tr)}: {real['frechet_all_training_digits']:.3f})")
     print(f"{'samples (' + str(args.n) + ')':24}{model['confident']:10.4f}{model['entropy']:10.4f}"
-          f"{model['frechet']:10.3f}  ({args.sampler}, {args.steps or 'all'} steps, {seconds:.0f} s)")
+          f"{model['frechet']:10.3f}  ({args.sampler}, {args.steps or 'all'} steps, "
+          f"{'' if args.clip else 'unclipped, '}{seconds:.0f} s)")
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["targets"].items()))
     if args.json:
         from ddpm_jax.atomic import write_json

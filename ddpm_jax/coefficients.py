@@ -44,6 +44,13 @@ class Coefficients:
     posterior_mean_coef1: jax.Array
     posterior_mean_coef2: jax.Array
     model_log_variance: jax.Array  # log sigma_t^2 of the reverse step
+    # DPM-Solver++ (Lu et al. 2022): alpha = sqrt(abar), sigma = sqrt(1 - abar),
+    # lambda = log(alpha / sigma); "next" is the step the chain moves to (chain
+    # index i - 1, or x_0 itself with sigma = 0 from index 0).
+    sqrt_alphas_cumprod_prev: jax.Array  # alpha_next; 1 at index 0
+    sqrt_one_minus_alphas_cumprod_prev: jax.Array  # sigma_next; 0 at index 0
+    dpm_one_minus_exp_neg_h: jax.Array  # 1 - e^{-h}, h = lambda_next - lambda; 1 at index 0
+    dpm_half_inv_r: jax.Array  # 1 / (2 r), r = h_{i+1} / h_i (Alg. 2); 0 where first order
 
     @property
     def num_timesteps(self) -> int:
@@ -57,11 +64,56 @@ def respaced_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
     return np.floor(np.linspace(num_timesteps - 1, 0, steps)[::-1] + 0.5).astype(np.int64)
 
 
-def coefficients_float64(config: DiffusionConfig, steps: int | None = None) -> dict[str, np.ndarray]:
+def linspace_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
+    """`steps` model timesteps as diffusers' `timestep_spacing="linspace"` picks them, ascending.
+
+    round(linspace(0, T-1, steps+1)) without its 0: T-1 is in, the lowest is
+    about (T-1)/steps, and the chain's last step goes from there to x_0
+    (`DPMSolverMultistepScheduler.set_timesteps`; numpy's round, half to even).
+    Beyond T-1 steps the rounding would repeat timesteps, where h = 0.
+    """
+    if not 1 <= steps <= num_timesteps - 1:
+        raise ValueError(f"steps={steps} is out of range; expected 1 <= steps <= {num_timesteps - 1} "
+                         "with linspace timesteps (the DPM-Solver++ samplers)")
+    return np.linspace(0, num_timesteps - 1, steps + 1).round()[1:].astype(np.int64)
+
+
+SPACINGS = {"even": respaced_timesteps, "linspace": linspace_timesteps}
+
+
+def _dpm_solver_tables(abar: np.ndarray, abar_prev: np.ndarray) -> dict[str, np.ndarray]:
+    """The DPM-Solver++ step sizes (Lu et al. 2022, Alg. 2) between the visited steps.
+
+    lambda = log(alpha / sigma) = log(abar / (1 - abar)) / 2; h_i = lambda(abar_prev_i) - lambda(abar_i)
+    is +inf at index 0 (sigma_next = 0), where 1 - e^{-h} = 1. r_i = h_{i+1} / h_i
+    relates step i to the one before it in the reverse chain (index i + 1). The
+    first step (index S-1) and the last (index 0, to sigma = 0) are first order,
+    as in diffusers with lower_order_final and final_sigmas_type="zero": 1/(2r) = 0.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = 0.5 * (np.log(abar) - np.log1p(-abar))
+        lam_next = 0.5 * (np.log(abar_prev) - np.log1p(-abar_prev))
+        h = lam_next - lam
+        half_inv_r = np.zeros_like(h)
+        half_inv_r[1:-1] = h[1:-1] / (2.0 * h[2:])
+    return dict(
+        sqrt_alphas_cumprod_prev=np.sqrt(abar_prev),
+        sqrt_one_minus_alphas_cumprod_prev=np.sqrt(1.0 - abar_prev),
+        dpm_one_minus_exp_neg_h=-np.expm1(-h),
+        dpm_half_inv_r=half_inv_r,
+    )
+
+
+def coefficients_float64(config: DiffusionConfig, steps: int | None = None,
+                         spacing: str = "even") -> dict[str, np.ndarray]:
     """All tables of `Coefficients` in float64 numpy (the reference precision).
 
     With `steps` < T the chain is respaced: beta_i = 1 - abar[tau_i] / abar[tau_{i-1}].
+    `spacing` picks tau: "even" (`respaced_timesteps`, T-1 and 0 in) or
+    "linspace" (`linspace_timesteps`, diffusers' DPM-Solver++ default).
     """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
     full = get_beta_schedule(
         config.beta_schedule,
         beta_start=config.beta_start,
@@ -69,7 +121,7 @@ def coefficients_float64(config: DiffusionConfig, steps: int | None = None) -> d
         num_diffusion_timesteps=config.num_diffusion_timesteps,
     )
     T = len(full)
-    timesteps = respaced_timesteps(T, T if steps is None else steps)
+    timesteps = SPACINGS[spacing](T, T if steps is None else steps)
     if len(timesteps) == T:
         betas = full
     else:
@@ -105,12 +157,14 @@ def coefficients_float64(config: DiffusionConfig, steps: int | None = None) -> d
         posterior_mean_coef1=betas * np.sqrt(abar_prev) / (1.0 - abar),
         posterior_mean_coef2=(1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
         model_log_variance=log_var,
+        **_dpm_solver_tables(abar, abar_prev),
     )
 
 
-def make_coefficients(config: DiffusionConfig, steps: int | None = None) -> Coefficients:
+def make_coefficients(config: DiffusionConfig, steps: int | None = None,
+                      spacing: str = "even") -> Coefficients:
     """The float64 tables cast once to float32 (timesteps to int32)."""
-    tables = coefficients_float64(config, steps)
+    tables = coefficients_float64(config, steps, spacing)
     return Coefficients(
         **{
             f.name: jnp.asarray(tables[f.name], jnp.int32 if f.name == "timesteps" else jnp.float32)

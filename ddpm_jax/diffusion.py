@@ -79,3 +79,36 @@ def ddim_step(eps, x, t, noise, coeffs: Coefficients, clip=True, *, eta=0.0):
     sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
     direction = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma**2, 0.0)) * eps
     return jnp.sqrt(abar_prev) * pred_x0 + direction + sigma * noise, pred_x0
+
+
+def dpm_solver_pp_step(eps, x, t, noise, coeffs: Coefficients, clip=True, *, prev_x0, has_prev,
+                       sde=False):
+    """One DPM-Solver++(2M) step from chain index t to t-1 (Lu et al. 2022, Alg. 2).
+
+    With x_0 from eps (`predict_x0`; clipped to [-1, 1] when `clip`), the
+    previous step's prediction `prev_x0` and h, r of `Coefficients`:
+
+        D = (1 + 1/(2r)) x_0 - 1/(2r) prev_x0
+        x_{t-1} = (sigma_{t-1} / sigma_t) x_t + alpha_{t-1} (1 - e^{-h}) D
+
+    First order (D = x_0, DPM-Solver++1, which is DDIM) where the table's 1/(2r)
+    is 0 (the chain's first step; the last, which returns x_0 itself) or when
+    `has_prev` (a traced bool) says there is no previous prediction. With `sde`
+    it is SDE-DPM-Solver++(2M), as diffusers' `DPMSolverMultistepScheduler`
+    with algorithm_type "sde-dpmsolver++":
+    x_{t-1} = (sigma_{t-1}/sigma_t) e^{-h} x_t + alpha_{t-1} (1 - e^{-2h}) D
+    + sigma_{t-1} sqrt(1 - e^{-2h}) noise. Returns (x_{t-1}, x_0).
+    """
+    pred_x0 = predict_x0(eps, x, t, coeffs)
+    if clip:
+        pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+    half_inv_r = jnp.where(has_prev, _at(coeffs.dpm_half_inv_r, t), 0.0)
+    d = pred_x0 + half_inv_r * (pred_x0 - prev_x0)
+    sigma_next = _at(coeffs.sqrt_one_minus_alphas_cumprod_prev, t)
+    alpha_next = _at(coeffs.sqrt_alphas_cumprod_prev, t)
+    ratio = sigma_next / _at(coeffs.sqrt_one_minus_alphas_cumprod, t)
+    q = _at(coeffs.dpm_one_minus_exp_neg_h, t)
+    if not sde:
+        return ratio * x + alpha_next * q * d, pred_x0
+    q2 = q * (2.0 - q)  # 1 - e^{-2h}, without cancellation
+    return ratio * (1.0 - q) * x + alpha_next * q2 * d + sigma_next * jnp.sqrt(q2) * noise, pred_x0

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from . import images
 from .checks import check_float, check_int as _check_int
 from .coefficients import make_coefficients
-from .diffusion import ddim_step, denoising_step
+from .diffusion import ddim_step, denoising_step, dpm_solver_pp_step
 from .config import DiffusionConfig, UNetConfig
 from .memory import check_batch
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
@@ -33,6 +33,8 @@ class Step(NamedTuple):
 
     `x` (n, H, W, C) has had `step` forward steps; `pred_x0` is the model's
     estimate of x_0 at the last reverse step (eq. 15), None when diffusing.
+    A multistep sampler's chain resumes from all three: `denoise(n, x=s.x,
+    curr_step=s.step, pred_x0=s.pred_x0, key=...)`.
     """
 
     x: jax.Array
@@ -41,7 +43,7 @@ class Step(NamedTuple):
 
 
 Callback = Callable[[Step], None]
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -64,6 +66,15 @@ def as_key(key) -> jax.Array:
         return key
     raise TypeError(f"key must be an int seed in [0, 2**64) or a jax.random key, "
                     f"got {type(key).__name__} {key!r:.80}")
+
+
+def _reverse_step(sampler: str, eta: float):
+    """The step function of `sampler` for `denoise_chunk`, and whether it is multistep."""
+    if sampler == "ddpm":
+        return denoising_step, False
+    if sampler == "ddim":
+        return partial(ddim_step, eta=eta), False
+    return partial(dpm_solver_pp_step, sde=sampler == "dpmpp_2m_sde"), True
 
 
 def _apply_unet(model: UNet, dtype, params, x, t):
@@ -92,6 +103,13 @@ class Diffusion:
     evenly spread; `sampler` "ddpm" (Alg. 2 on the respaced process) or
     "ddim" (eq. 12, `eta` 0 deterministic). `num_timesteps` is then `steps`,
     and `curr_step` counts along the respaced chain.
+
+    "dpmpp_2m" is DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), "dpmpp_2m_sde"
+    its SDE variant, both as diffusers' `DPMSolverMultistepScheduler` runs
+    them (solver_order 2, midpoint, the last step to sigma = 0); they need
+    `steps` in [1, T-1] and visit diffusers' linspace timesteps. They are
+    multistep: each step also uses the previous step's pred_x0, so to resume
+    such a chain pass the `Step`'s pred_x0 back (see `denoise_steps`).
     """
 
     def __init__(self, diffusion_config: DiffusionConfig, unet_config: UNetConfig,
@@ -111,16 +129,21 @@ class Diffusion:
         self.mesh = mesh
         self.run_params = self._prepare(self.params)
         T = diffusion_config.num_diffusion_timesteps
-        steps = T if steps is None else _check_int("steps", steps, 1, T)
-        self.coeffs = make_coefficients(diffusion_config, steps)
+        step_fn, multistep = _reverse_step(sampler, float(eta))
+        if multistep:
+            if steps is None:
+                raise ValueError(f"sampler {sampler!r} needs steps, 1 <= steps <= {T - 1} (say steps=20)")
+            steps = _check_int("steps", steps, 1, T - 1)
+        else:
+            steps = T if steps is None else _check_int("steps", steps, 1, T)
+        self.coeffs = make_coefficients(diffusion_config, steps, "linspace" if multistep else "even")
         self.num_timesteps = self.coeffs.num_timesteps
         # DDIM's eta interpolates between DDIM (0) and DDPM's variance (1), Song et al. eq. 16.
         self.sampler, self.eta = sampler, check_float("eta", eta, 0.0, 1.0)
         self.chunk_size = _check_int("chunk_size", chunk_size, 1, 10**6)
         eps_fn = partial(_apply_unet, self.model, self.dtype)
-        step_fn = denoising_step if sampler == "ddpm" else partial(ddim_step, eta=self.eta)
         self._denoise_chunk = jax.jit(
-            partial(denoise_chunk, eps_fn, chunk=self.chunk_size, step_fn=step_fn),
+            partial(denoise_chunk, eps_fn, chunk=self.chunk_size, step_fn=step_fn, multistep=multistep),
             static_argnames="clip",
         )
         self._diffuse_chunk = jax.jit(partial(diffuse_chunk, chunk=self.chunk_size))
@@ -146,8 +169,8 @@ class Diffusion:
         float32, t int32 (n,) model timesteps; float32 out. Traceable (jit it)."""
         return _apply_unet(self.model, self.dtype, self.run_params, x, t)
 
-    def respaced(self, steps: int, sampler: str = "ddpm", eta: float = 0.0, **kwargs) -> "Diffusion":
-        """The same model sampling a chain of `steps` steps (strided DDPM or DDIM)."""
+    def respaced(self, steps: int | None, sampler: str = "ddpm", eta: float = 0.0, **kwargs) -> "Diffusion":
+        """The same model sampling a chain of `steps` steps (strided DDPM, DDIM or DPM-Solver++)."""
         kwargs.setdefault("chunk_size", self.chunk_size)
         kwargs.setdefault("dtype", str(self.dtype))
         kwargs.setdefault("mesh", self.mesh)
@@ -174,17 +197,17 @@ class Diffusion:
         c = self.unet_config
         return (c.resolution, c.resolution, c.in_channels)
 
-    def _check_x(self, x, n):
+    def _check_x(self, x, n, name="x"):
         want = (n, *self.image_shape)
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise TypeError(f"x must be an array of shape {want} float32, got {type(x).__name__}")
+            raise TypeError(f"{name} must be an array of shape {want} float32, got {type(x).__name__}")
         if tuple(x.shape) != want:
-            raise ValueError(f"x has shape {tuple(x.shape)}; this model expects (n, H, W, C) = {want}")
+            raise ValueError(f"{name} has shape {tuple(x.shape)}; this model expects (n, H, W, C) = {want}")
         if x.dtype != np.float32:
-            raise ValueError(f"x has dtype {x.dtype}; this model expects float32 (x.astype('float32'))")
+            raise ValueError(f"{name} has dtype {x.dtype}; this model expects float32 ({name}.astype('float32'))")
         x = jnp.asarray(x)
         if not bool(jnp.isfinite(x).all()):
-            raise ValueError("x holds NaN or infinite values; it must be finite (images in [-1, 1], or "
+            raise ValueError(f"{name} holds NaN or infinite values; it must be finite (images in [-1, 1], or "
                              "a chain's x_t)")
         return x
 
@@ -198,12 +221,17 @@ class Diffusion:
         return batch if self.mesh is None else shard_batch(batch, self.mesh)
 
     def denoise_steps(self, n, n_steps=None, x=None, curr_step=None, key=None, *,
-                      clip=True, first_index=0) -> Iterator[Step]:
+                      clip=True, first_index=0, pred_x0=None) -> Iterator[Step]:
         """Validate, then iterate the reverse chain: yields a `Step` per chunk.
 
         Starts from x (which has had `curr_step` forward steps) or, when x is
         None, from fresh noise x_T. Runs t = curr_step-1 down to
         curr_step-n_steps. Sample i is numbered first_index + i for its noise.
+
+        `pred_x0` resumes a multistep chain (DPM-Solver++): pass the `Step`'s
+        x, step and pred_x0 together and the rest equals one call. Without it
+        the first step from x is first order (a fresh start from x_t, as when
+        x was diffused there); DDPM and DDIM do not read it.
         """
         T = self.num_timesteps
         n, ids = self._ids(n, first_index)
@@ -216,16 +244,22 @@ class Diffusion:
             x = initial_noise(key, ids, self.image_shape)
         else:
             x = self._place(self._check_x(x, n))
-        return self._denoise_iter(x, curr_step, n_steps, key, ids, bool(clip))
+        if pred_x0 is not None:
+            if curr_step == T:
+                raise ValueError(f"pred_x0 is the previous step's prediction; at curr_step=T={T} "
+                                 "there is none: leave it out (None)")
+            pred_x0 = self._place(self._check_x(pred_x0, n, "pred_x0"))
+        return self._denoise_iter(x, curr_step, n_steps, key, ids, bool(clip), pred_x0)
 
-    def _denoise_iter(self, x, step, remaining, key, ids, clip):
-        pred_x0 = jnp.zeros_like(x)
+    def _denoise_iter(self, x, step, remaining, key, ids, clip, pred_x0=None):
+        has_prev = pred_x0 is not None
+        pred_x0 = jnp.zeros_like(x) if pred_x0 is None else pred_x0
         while remaining > 0:
             k = min(self.chunk_size, remaining)
             x, pred_x0 = self._denoise_chunk(
-                self.run_params, self.coeffs, x, pred_x0, step, k, key, ids, clip=clip
+                self.run_params, self.coeffs, x, pred_x0, step, k, key, ids, has_prev, clip=clip
             )
-            step, remaining = step - k, remaining - k
+            step, remaining, has_prev = step - k, remaining - k, True
             yield Step(x, step, pred_x0)
 
     def diffuse_steps(self, n, n_steps=None, x=None, curr_step=None, key=None, *,
@@ -251,9 +285,10 @@ class Diffusion:
             yield Step(x, step)
 
     def denoise(self, n, n_steps=None, x=None, curr_step=None, key=None,
-                callback: Callback | None = None, *, clip=True, first_index=0) -> jax.Array:
-        """Run the reverse chain (Alg. 2); callback(Step) between chunks. Returns x."""
-        chain = self.denoise_steps(n, n_steps, x, curr_step, key, clip=clip, first_index=first_index)
+                callback: Callback | None = None, *, clip=True, first_index=0, pred_x0=None) -> jax.Array:
+        """Run the reverse chain (Alg. 2, or `sampler`'s); callback(Step) between chunks. Returns x."""
+        chain = self.denoise_steps(n, n_steps, x, curr_step, key, clip=clip, first_index=first_index,
+                                   pred_x0=pred_x0)
         return _run(chain, callback)
 
     def diffuse(self, n, n_steps=None, x=None, curr_step=None, key=None,

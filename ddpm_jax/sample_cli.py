@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .pipeline import SAMPLERS
+
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "digits"  # the bundled model
 MANIFEST = "manifest.json"
@@ -37,9 +39,10 @@ def add_arguments(p):
     p.add_argument("--n", type=int, default=16, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps, respaced evenly over T (default: all T)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
-                   help="ddpm: Alg. 2 (strided when --steps < T); ddim: Song et al. eq. 12")
+                   help="sampling steps, respaced over T (default: all T; dpmpp_2m needs it)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                   help="ddpm: Alg. 2 (strided when --steps < T); ddim: Song et al. eq. 12; "
+                        "dpmpp_2m(_sde): DPM-Solver++(2M) (Lu et al. 2022), --steps < T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM's eta (0: deterministic)")
     p.add_argument("--batch", type=int, default=64, help="samples per batch (all devices together)")
     p.add_argument("--format", choices=("png", "npz"), default="png",
@@ -197,7 +200,7 @@ def run(args) -> int:
     mesh = data_mesh() if jax.local_device_count() > 1 else None
     model = Diffusion.from_pretrained(args.model, mesh=mesh)
     if args.steps is not None or args.sampler != "ddpm":
-        model = model.respaced(args.steps or model.num_timesteps, args.sampler, args.eta)
+        model = model.respaced(args.steps, args.sampler, args.eta)
     T, devices = model.num_timesteps, jax.local_device_count()
     writer = _Writer(Path(args.out).expanduser(), args.format, model.image_shape)
     want = manifest(args, model, n, batch)

@@ -40,27 +40,34 @@ def initial_noise(key, sample_ids, shape):
 
 
 def denoise_chunk(eps_fn: EpsFn, params, coeffs: Coefficients, x, pred_x0, start_step,
-                  n_valid, key, sample_ids, *, chunk: int, clip: bool = True,
-                  step_fn=denoising_step):
+                  n_valid, key, sample_ids, has_prev=False, *, chunk: int, clip: bool = True,
+                  step_fn=denoising_step, multistep: bool = False):
     """Up to `chunk` reverse steps from x with `start_step` forward steps.
 
     Iteration k runs chain index t = start_step - 1 - k (the model sees
     coeffs.timesteps[t]) when k < n_valid and is skipped (no model call)
-    otherwise. `step_fn` is `denoising_step` or a `ddim_step` partial.
+    otherwise. `step_fn` is `denoising_step` or a `ddim_step` partial, or with
+    `multistep` a `dpm_solver_pp_step` partial, which also reads the carry's
+    pred_x0 (the previous step's): iteration 0 has one when `has_prev` (a
+    traced bool: a chain resumed with its pred_x0), later iterations always.
     Returns (x, pred_x0) after the last active step.
     """
     stream = jax.random.fold_in(key, _DENOISE)
     n = x.shape[0]
 
-    def step(carry, t):
-        x, _ = carry
+    def step(carry, k):
+        x, prev_x0 = carry
+        t = start_step - 1 - k
         tt = jnp.full((n,), t, jnp.int32)
         eps = eps_fn(params, x, coeffs.timesteps[tt])
         noise = _per_sample_normal(stream, sample_ids, t, x.shape[1:])
+        if multistep:
+            return step_fn(eps, x, tt, noise, coeffs, clip=clip, prev_x0=prev_x0,
+                           has_prev=jnp.logical_or(has_prev, k > 0))
         return step_fn(eps, x, tt, noise, coeffs, clip=clip)
 
     def body(carry, k):
-        carry = jax.lax.cond(k < n_valid, step, lambda c, t: c, carry, start_step - 1 - k)
+        carry = jax.lax.cond(k < n_valid, step, lambda c, k: c, carry, k)
         return carry, None
 
     (x, pred_x0), _ = jax.lax.scan(body, (x, pred_x0), jnp.arange(chunk))
