@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax.images import load_image, save_png
-from ddpm_jax.pipeline import as_key
+from ddpm_jax.pipeline import SAMPLERS, as_key
 from ddpm_jax.sampling import initial_noise
 
 from . import render
@@ -102,7 +102,7 @@ class Demo:
     # -- views ------------------------------------------------------------
 
     def _model(self, session: Session):
-        return self.models.get(session.choice, session.ema)
+        return self.models.get(session.choice, session.ema, session.sampler, session.chain_steps)
 
     def _frame(self, model, x) -> np.ndarray:
         """Display image: the grid upscaled (nearest) for small models."""
@@ -116,10 +116,9 @@ class Demo:
         """The session as it stands: image, step, plot (and `status`, if given)."""
         with session.lock:
             x, pred, step = session.x, session.pred_x0, session.step
-            choice, ema = session.choice, session.ema
         if x is None:
             return View(image=None, step=None, status=status, plot=None)
-        model = self.models.get(choice, ema)
+        model = self._model(session)
         shown = pred if show_x0 and pred is not None else x
         return View(image=self._frame(model, shown), step=step, status=status, plot=self._plot(model, step))
 
@@ -133,15 +132,23 @@ class Demo:
             self._reset(session, self.default, False, 0, 1)
         return self._model(session)
 
-    def _reset(self, session, choice, ema, seed, batch):
+    def _reset(self, session, choice, ema, seed, batch, sampler="ddpm", chain_steps=None):
         ema = parse_bool(ema, "EMA")
         seed = parse_int(seed, "seed", 0, 2**31 - 1)
         n = parse_int(batch, "batch size", 1, MAX_BATCH)
-        model = self.models.get(choice, bool(ema))
+        if not isinstance(sampler, str) or sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        T = self.models.get(choice, ema).num_timesteps
+        most = T if sampler in ("ddpm", "ddim") else T - 1  # DPM-Solver++'s linspace steps: T-1 at most
+        steps = None if chain_steps in (None, "") else parse_int(chain_steps, "chain steps", 1, most)
+        if steps is None and most < T:
+            raise ValueError(f"{sampler} needs a number of chain steps (1..{most}; 10 to 20 is plenty)")
+        model = self.models.get(choice, ema, sampler, steps)
         x = initial_noise(as_key(seed), jnp.arange(n, dtype=jnp.int32), model.image_shape)
         with session.lock:
             session.generation += 1  # ends a running chain
-            session.choice, session.ema, session.seed = choice, bool(ema), seed
+            session.choice, session.ema, session.seed = choice, ema, seed
+            session.sampler, session.chain_steps = sampler, steps
             session.x, session.step, session.pred_x0 = x, model.num_timesteps, None
             session.trajectory.clear()
             session.trajectory.add(render.grid(np.asarray(x)))
@@ -149,8 +156,9 @@ class Demo:
 
     # -- handlers -----------------------------------------------------------
 
-    def reset(self, session: Session, choice, ema, seed, batch):
-        """Fresh x_T from the seed; also sets the model dropdown and EMA box.
+    def reset(self, session: Session, choice, ema, seed, batch, sampler="ddpm", chain_steps=None):
+        """Fresh x_T from the seed, for a chain of `chain_steps` steps of `sampler`
+        (None: all T steps); also sets the model dropdown and EMA box.
 
         A model not loaded yet is fetched/converted/compiled first, which can
         take a while: the page says so meanwhile.
@@ -159,7 +167,7 @@ class Demo:
             label = f"{choice}{' (EMA)' if ema else ''}"
             yield self._view(session, False, f"loading {label} (first use: fetch, convert, compile)…")
         try:
-            model = self._reset(session, choice, ema, seed, batch)
+            model = self._reset(session, choice, ema, seed, batch, sampler, chain_steps)
         except (ValueError, ModelUnavailable) as err:
             status = WARN + str(err)
             if session.x is not None:
@@ -167,7 +175,9 @@ class Demo:
             yield self._view(session, False, status).but(model=session.choice or choice, ema=session.ema)
             return
         T = model.num_timesteps
-        status = f"{choice}{' (EMA)' if session.ema else ''}: fresh x_T, step {T} of T={T}"
+        chain = "" if session.chain_steps is None and session.sampler == "ddpm" else \
+            f", {session.sampler} over {T} steps"
+        status = f"{choice}{' (EMA)' if session.ema else ''}{chain}: fresh x_T, step {T} of T={T}"
         yield self._view(session, False, status).but(model=session.choice, ema=session.ema)
 
     def view(self, session: Session, show_x0):
@@ -240,8 +250,9 @@ class Demo:
                     raise ValueError("nothing to denoise at step 0 (a clean image): Diffuse or Reset first")
                 if k > start:
                     raise ValueError(f"steps={k} is more than the {start} steps left to denoise")
-                chunks = model.denoise_steps(session.n, k, x=session.x, curr_step=start,
-                                             key=session.seed, clip=parse_bool(clip, "clip"))
+                # A multistep sampler (DPM-Solver++) continues from the last prediction.
+                chunks = model.denoise_steps(session.n, k, x=session.x, curr_step=start, key=session.seed,
+                                             clip=parse_bool(clip, "clip"), pred_x0=session.pred_x0)
                 session.generation += 1
                 gen = session.generation
         except (ValueError, ModelUnavailable) as err:
@@ -311,11 +322,12 @@ class Demo:
                     raise ValueError("x is already clean (step 0): Diffuse or Reset first, then branch")
                 session.branches += 1
                 key = jax.random.fold_in(as_key(session.seed), session.branches)
-                xt = session.x[:1]
+                xt, prev = session.x[:1], session.pred_x0
                 session.generation += 1
                 gen = session.generation
-            chunks = model.denoise_steps(k, start, x=jnp.repeat(xt, k, axis=0), curr_step=start,
-                                         key=key, clip=parse_bool(clip, "clip"))
+            chunks = model.denoise_steps(k, start, x=jnp.repeat(xt, k, axis=0), curr_step=start, key=key,
+                                         clip=parse_bool(clip, "clip"),
+                                         pred_x0=None if prev is None else jnp.repeat(prev[:1], k, axis=0))
         except (ValueError, ModelUnavailable) as err:
             yield View(branches=None, status=WARN + str(err))
             return
@@ -367,7 +379,8 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
             "## DDPM in JAX: watch diffusion step by step\n"
             "Reset draws x_T from the seed; **Denoise** runs reverse steps p(x_{t-1} | x_t), "
             "**Diffuse** forward steps q(x_t | x_{t-1}). The step t counts forward steps "
-            "(T = pure noise, 0 = clean)."
+            "(T = pure noise, 0 = clean). For a quick look, pick a fast sampler (ddim, or "
+            "dpmpp_2m: DPM-Solver++) and a short chain (say 20 steps): the step then counts along it."
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
@@ -377,6 +390,11 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
                 with gr.Row():
                     seed = raw(gr.Number(0, label="seed"))
                     batch = raw(gr.Slider(1, MAX_BATCH, value=1, step=1, label="batch size (at Reset)"))
+                with gr.Row():
+                    sampler = raw(gr.Dropdown(list(SAMPLERS), value="ddpm", label="sampler (at Reset)",
+                                              elem_id="sampler"))
+                    chain_steps = raw(gr.Number(None, label="chain steps S (at Reset; empty: all T)",
+                                                elem_id="chain_steps"))
                 reset_btn = gr.Button("Reset (fresh x_T)")
                 steps = raw(gr.Number(100, label="steps (1..T)", elem_id="steps"))
                 with gr.Row():
@@ -417,7 +435,7 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
             return trigger(bind(handler, fields, gr.skip), inputs, [outputs[f] for f in fields], **kwargs)
 
         chain = dict(show_progress="minimal", concurrency_id="chains", concurrency_limit=concurrency)
-        reset_in = [session, model, ema, seed, batch]
+        reset_in = [session, model, ema, seed, batch, sampler, chain_steps]
         on(reset_btn.click, demo.reset, reset_in, (*shown, "model", "ema"), api_name="reset")
         for trigger in (model.input, ema.input, app.load):
             on(trigger, demo.reset, reset_in, (*shown, "model", "ema"), api_visibility="private")

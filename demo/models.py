@@ -56,6 +56,7 @@ class Models:
         self._loaded: dict[str, Diffusion] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # name -> (when, message)
         self._ran: set[tuple[int, str, int]] = set()  # (id(model), "denoise"/"diffuse", batch)
+        self._chains: dict[tuple[str, str, int | None], Diffusion] = {}  # (name, sampler, steps) -> respaced
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -86,8 +87,20 @@ class Models:
             self._ran.add(key)
         return new
 
-    def get(self, choice: str, ema: bool = False) -> Diffusion:
-        """The shared model for a choice, loading it on first use (once)."""
+    def get(self, choice: str, ema: bool = False, sampler: str = "ddpm", steps: int | None = None) -> Diffusion:
+        """The shared model for a choice, loading it on first use (once); with a
+        sampler other than full DDPM, or `steps`, its respaced chain (made once:
+        each chain compiles once per server)."""
+        model = self._load(choice, ema)
+        if sampler == "ddpm" and steps in (None, model.num_timesteps):
+            return model
+        key = (self.name(choice, ema), sampler, steps)
+        with self._lock:
+            if key not in self._chains:
+                self._chains[key] = model.respaced(steps, sampler)
+            return self._chains[key]
+
+    def _load(self, choice: str, ema: bool) -> Diffusion:
         name = self.name(choice, ema)
         with self._lock:
             if name in self._loaded:

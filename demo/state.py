@@ -77,11 +77,14 @@ class Session:
     gr.State into the page config, and a lock cannot be serialised.
     """
 
-    _FIELDS = ("choice", "ema", "seed", "x", "step", "pred_x0", "generation", "branches", "trajectory", "downloads")
+    _FIELDS = ("choice", "ema", "sampler", "chain_steps", "seed", "x", "step", "pred_x0", "generation", "branches",
+               "trajectory", "downloads")
 
     def __init__(self):
         self.choice: str | None = None
         self.ema = False
+        self.sampler = "ddpm"  # the chain the tab runs: a sampler over `chain_steps` steps (None: all T)
+        self.chain_steps = None
         self.seed = 0
         self.x = None  # jax.Array (n, H, W, C)
         self.step = 0

@@ -343,3 +343,18 @@ def test_views_bind_fields_by_name():
     assert View().image is KEEP
     with pytest.raises(ValueError, match="no View fields"):
         bind(chain, ("steps",), skip)
+
+
+def test_a_dpm_solver_chain_split_by_the_page_equals_one_call(models):
+    """Sampler and chain length take effect at Reset; the step counts along the chain;
+    DPM-Solver++'s previous prediction carries over between presses."""
+    demo, s = Demo(models, "tiny", min_interval=0.0), Session()
+    outs = list(demo.reset(s, "tiny", False, 3, 2, "dpmpp_2m", 10))
+    assert outs[-1].step == 10 and "dpmpp_2m over 10 steps" in outs[-1].status
+    assert [v.step for v in demo.denoise(s, 4, False, True)][-1] == 6
+    assert [v.step for v in demo.denoise(s, 6, False, True)][-1] == 0
+    direct = models.get("tiny").respaced(10, "dpmpp_2m").denoise(2, key=3)
+    np.testing.assert_array_equal(np.asarray(s.x), np.asarray(direct))
+    assert models.get("tiny", False, "dpmpp_2m", 10) is models.get("tiny", False, "dpmpp_2m", 10)  # compiled once
+    bad = list(demo.reset(s, "tiny", False, 3, 2, "dpmpp_2m", T))
+    assert "chain steps must be between 1 and 39" in bad[-1].status and s.step == 0
