@@ -378,6 +378,8 @@ class Diffusion:
         with the reverse noise of sample indices[0]. lambda = 0 gives exactly
         `denoise(1, key=key, first_index=indices[0])`."""
         lam = check_lambdas(lambdas)
+        if len(indices) != 2:
+            raise ValueError(f"indices must name two samples (a, b), got {indices!r}")
         ia, ib = (_check_int("indices", i, 0, 2**31 - 1) for i in indices)
         key = as_key(key)
         x_T = initial_noise(key, jnp.array([ia, ib], jnp.int32), self.image_shape)

@@ -35,12 +35,13 @@ def test_lambda_0_and_1_are_the_reconstructions_of_a_and_b(tiny_model):
 def test_interpolating_fresh_samples_starts_at_sample_a(tiny_model):
     T, key = tiny_model.num_timesteps, jax.random.key(4)
     seen = []
-    ends = np.asarray(tiny_model.interpolate_noise([0.0, 1.0], key=key, indices=(1, 3), callback=seen.append))
+    # Three lambdas: the batch shape the test above compiled.
+    ends = np.asarray(tiny_model.interpolate_noise([0.0, 0.5, 1.0], key=key, indices=(1, 3), callback=seen.append))
     np.testing.assert_allclose(ends[0], np.asarray(tiny_model.denoise(1, key=key, first_index=1)[0]), atol=1e-5)
     # lambda = 1: sample 3's x_T, decoded with sample 1's reverse noise.
     x_T = initial_noise(key, np.array([3]), tiny_model.image_shape)
     want = tiny_model.denoise(1, x=x_T, curr_step=T, key=key, first_index=1)
-    np.testing.assert_allclose(ends[1], np.asarray(want[0]), atol=1e-5)
+    np.testing.assert_allclose(ends[2], np.asarray(want[0]), atol=1e-5)
     assert seen[0].step == T - tiny_model.chunk_size and seen[-1].step == 0
 
 
@@ -77,6 +78,8 @@ def test_bad_input_is_refused_with_the_fix(tiny_model):
             tiny_model.interpolate_steps(**kwargs)
     with pytest.raises(ValueError, match="lambdas"):
         tiny_model.interpolate_noise_steps([2.0])
+    with pytest.raises(ValueError, match="two samples"):
+        tiny_model.interpolate_noise_steps([0.5], indices=(0, 1, 2))
 
 
 def test_interpolate_cli_writes_a_strip(saved, tmp_path, capsys):
@@ -93,8 +96,8 @@ def test_interpolate_cli_writes_a_strip(saved, tmp_path, capsys):
     np.testing.assert_array_equal(strip[2:10, 2:10], np.asarray(Image.open(paths[0])))
     np.testing.assert_array_equal(strip[2:10, 42:50], np.asarray(Image.open(paths[1])))
 
-    assert main(["interpolate", "--model", str(saved), "--k", "2", "--out", str(tmp_path / "new.png")]) == 0
-    assert np.asarray(Image.open(tmp_path / "new.png")).shape == (12, 22)
+    assert main(["interpolate", "--model", str(saved), "--k", "3", "--out", str(tmp_path / "new.png")]) == 0
+    assert np.asarray(Image.open(tmp_path / "new.png")).shape == (12, 32)  # 3 mixes, no pictures at the ends
     assert main(["interpolate", "--model", str(saved), "--a", str(paths[0]), "--out", str(out)]) == 2
     assert "give both --a and --b" in capsys.readouterr().err
     assert main(["interpolate", "--model", str(saved), "--a", str(paths[0]), "--b", str(paths[1]), "--t", "41",
