@@ -23,6 +23,8 @@ COMMANDS = {
     "sample": ("ddpm_jax.sample_cli", "denoise fresh noise into PNG images"),
     "train": ("ddpm_jax.train_cli", "train a DDPM with optax, checkpointed and resumable"),
     "demo": ("ddpm_jax.demo.cli", "serve the Gradio page to watch diffusion live"),
+    "inpaint": ("ddpm_jax.inpaint_cli", "fill the masked part of a picture (RePaint), K completions and a grid"),
+    "interpolate": ("ddpm_jax.interpolate_cli", "a strip from picture A to B through the latent x_t (paper Sec. 4.4)"),
     "convert": ("ddpm_jax.convert.cli", "convert PyTorch/diffusers checkpoints to ddpm_jax params (and back)"),
 }
 

@@ -7,7 +7,7 @@ forward steps x has had (T for pure noise x_T, 0 for a clean image).
 from __future__ import annotations
 
 import copy
-from functools import partial
+from functools import cached_property, partial
 from typing import Callable, Iterator, NamedTuple
 
 import jax
@@ -20,6 +20,9 @@ from .checks import check_float, check_int as _check_int
 from .coefficients import make_coefficients
 from .diffusion import ddim_step, denoising_step, dpm_solver_pp_step
 from .config import DiffusionConfig, UNetConfig
+from .inpainting import (PAPER_JUMP_LENGTH, PAPER_JUMP_N_SAMPLE, check_mask, default_steps, jump_schedule,
+                         repaint_chunk)
+from .interpolation import check_lambdas, lerp, slerp
 from .memory import check_batch
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
 from .sharding import replicate, shard_batch
@@ -88,6 +91,28 @@ def _run(chain: Iterator[Step], callback: Callback | None) -> jax.Array:
         if callback is not None:
             callback(item)
     return item.x
+
+
+def _check_images(name, x, shape) -> np.ndarray:
+    """(H, W, C) or (m, H, W, C) float images in [-1, 1] -> (m, H, W, C) float32 numpy."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array of shape {shape} or (m, *{shape}), got {type(x).__name__}")
+    a = np.asarray(x)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} has dtype {a.dtype}; expected floats in [-1, 1] (uint8 u: u / 127.5 - 1)")
+    a = a[None] if a.ndim == 3 else a
+    if a.ndim != 4 or a.shape[1:] != shape or not len(a):
+        raise ValueError(f"{name} has shape {np.shape(x)}; this model expects {shape} or (m, *{shape}) NHWC")
+    if not np.isfinite(a).all() or a.min() < -1.0 or a.max() > 1.0:
+        raise ValueError(f"{name} must be finite and in [-1, 1], got values in [{np.nanmin(a):.3f}, "
+                         f"{np.nanmax(a):.3f}]; rescale it (uint8 u: u / 127.5 - 1)")
+    return a.astype(np.float32)
+
+
+def _broadcast(name, a: np.ndarray, n: int) -> np.ndarray:
+    if len(a) not in (1, n):
+        raise ValueError(f"{name} has a batch of {len(a)}; expected 1 (shared) or n={n}")
+    return np.broadcast_to(a, (n, *a.shape[1:]))
 
 
 class Diffusion:
@@ -295,6 +320,126 @@ class Diffusion:
                 callback: Callback | None = None, *, first_index=0) -> jax.Array:
         """Run the forward chain (eq. 2); callback(Step) between chunks. Returns x."""
         return _run(self.diffuse_steps(n, n_steps, x, curr_step, key, first_index=first_index), callback)
+
+    @cached_property
+    def _repaint_chunk(self):
+        eps_fn = partial(_apply_unet, self.model, self.dtype)
+        return jax.jit(partial(repaint_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip")
+
+    def _padded_coeffs(self, steps):
+        """The process respaced to `steps`, its tables zero-padded to length T:
+        the same compiled chunk serves every `steps`."""
+        T = self.diffusion_config.num_diffusion_timesteps
+        coeffs = make_coefficients(self.diffusion_config, steps)
+        return jax.tree.map(lambda a: jnp.pad(a, (0, T - a.shape[0])), coeffs)
+
+    def inpaint_steps(self, image, mask, n=None, key=None, *, steps=None,
+                      jump_length=PAPER_JUMP_LENGTH, jump_n_sample=PAPER_JUMP_N_SAMPLE, clip=True,
+                      first_index=0, x=None, start=0) -> Iterator[Step]:
+        """Validate, then iterate RePaint (Lugmayr et al. 2022, Alg. 1): yields a `Step` per chunk.
+
+        `image` (H, W, C) or (m, H, W, C) float32 in [-1, 1]; `mask` 1 keeps a
+        pixel, 0 fills it: (H, W), (H, W, 1|C) or with a leading batch (see
+        `inpainting.check_mask`). n completions (default: the batch of image
+        and mask); a batch of 1 is shared by all. The model's T-step process
+        is respaced to `steps` (default min(250, T), the paper's 250), and
+        the chain follows `inpainting.jump_schedule(steps, jump_length,
+        jump_n_sample)`; jump_n_sample=1 is the cheap "replacement" method
+        (no jumps). Each chunk runs `chunk_size` iterations of the schedule;
+        `Step.step` is where x stands on the respaced chain, so it goes up
+        on jumps. Resume with the x of a Step and `start` = the number of
+        iterations run before it. Sample i is numbered first_index + i for
+        its noise; it starts from the x_T `denoise` would give it.
+        """
+        T = self.diffusion_config.num_diffusion_timesteps
+        steps = _check_int("steps", default_steps(T) if steps is None else steps, 1, T)
+        jump_n_sample = _check_int("jump_n_sample", jump_n_sample, 1, 10**4)
+        if jump_n_sample > 1:
+            jump_length = _check_int("jump_length", jump_length, 1, max(1, steps - 1))
+        schedule = jump_schedule(steps, jump_length, jump_n_sample)
+        start = _check_int("start", start, 0, len(schedule) - 1)
+        known = _check_images("image", image, self.image_shape)
+        masks = check_mask(mask, self.image_shape)
+        n, ids = self._ids(max(len(known), len(masks)) if n is None else n, first_index)
+        known, masks = (self._place(jnp.asarray(_broadcast(name, a, n)))
+                        for name, a in (("image", known), ("mask", masks)))
+        key = as_key(key)
+        if x is None:
+            if start:
+                raise ValueError(f"x is required when start={start} > 0: the x of the Step to resume from")
+            x = initial_noise(key, ids, self.image_shape)
+        else:
+            x = self._place(self._check_x(x, n))
+        return self._inpaint_iter(x, known, masks, schedule, start, self._padded_coeffs(steps), key, ids,
+                                  bool(clip))
+
+    def _inpaint_iter(self, x, known, mask, schedule, pos, coeffs, key, ids, clip):
+        pred_x0, c = jnp.zeros_like(x), self.chunk_size
+        while pos < len(schedule):
+            rows = schedule[pos:pos + c]
+            padded = np.zeros((c, 2), np.int32)
+            padded[:len(rows)] = rows
+            x, pred_x0 = self._repaint_chunk(self.run_params, coeffs, x, pred_x0, known, mask, padded, pos,
+                                             len(rows), key, ids, clip=clip)
+            pos += len(rows)
+            t, direction = rows[-1]
+            yield Step(x, int(t + direction), pred_x0)  # a FORWARD row leaves x at t + 1
+
+    def inpaint(self, image, mask, n=None, key=None, callback: Callback | None = None, **kwargs) -> jax.Array:
+        """Fill the mask-0 pixels of `image` (RePaint); callback(Step) between chunks.
+        Returns x_0 (n, H, W, C); keyword arguments as `inpaint_steps`."""
+        return _run(self.inpaint_steps(image, mask, n, key, **kwargs), callback)
+
+    def interpolate_steps(self, image_a, image_b, t, lambdas, key=None, *, clip=True,
+                          index=0) -> Iterator[Step]:
+        """Validate, encode, then iterate the decoding of Sec. 4.4: yields a `Step` per chunk.
+
+        Images a and b (H, W, C) float32 in [-1, 1] are diffused to x_t
+        (`diffuse`, t forward steps, 1 <= t <= num_timesteps) with the same
+        noise, mixed as (1 - lambda) x_t + lambda x'_t for each of the k
+        `lambdas` in [0, 1], and denoised with the reverse noise fixed across
+        lambda: all are numbered `index` for their noise. So lambda = 0 (1)
+        gives exactly `denoise(1, x=diffuse(1, t, x=a, key=key, first_index=index),
+        curr_step=t, key=key, first_index=index)` for a (b), and no lambda
+        depends on the others.
+        """
+        t = _check_int("t", t, 1, self.num_timesteps)
+        lam = check_lambdas(lambdas)
+        pair = np.concatenate([_broadcast(name, _check_images(name, img, self.image_shape), 1)
+                               for name, img in (("image_a", image_a), ("image_b", image_b))])
+        index = _check_int("index", index, 0, 2**31 - 1)
+        key = as_key(key)
+        same = jnp.full((2,), index, jnp.int32)  # the same forward noise for a and b
+        x_t = _run(self._diffuse_iter(jnp.asarray(pair), 0, t, key, same), None)
+        return self._decode_mix(lerp(x_t[0], x_t[1], lam), t, key, index, clip)
+
+    def interpolate(self, image_a, image_b, t, lambdas, key=None, callback: Callback | None = None,
+                    **kwargs) -> jax.Array:
+        """Interpolate two images through x_t (Sec. 4.4, Fig. 8): (k, H, W, C), one per lambda.
+        Keyword arguments as `interpolate_steps`."""
+        return _run(self.interpolate_steps(image_a, image_b, t, lambdas, key, **kwargs), callback)
+
+    def interpolate_noise_steps(self, lambdas, key=None, *, indices=(0, 1), clip=True) -> Iterator[Step]:
+        """New samples between two: the x_T of samples indices[0] and [1] under `key`
+        (those of `denoise`), spherically interpolated for each lambda and denoised
+        with the reverse noise of sample indices[0]. lambda = 0 gives exactly
+        `denoise(1, key=key, first_index=indices[0])`."""
+        lam = check_lambdas(lambdas)
+        if len(indices) != 2:
+            raise ValueError(f"indices must name two samples (a, b), got {indices!r}")
+        ia, ib = (_check_int("indices", i, 0, 2**31 - 1) for i in indices)
+        key = as_key(key)
+        x_T = initial_noise(key, jnp.array([ia, ib], jnp.int32), self.image_shape)
+        return self._decode_mix(slerp(x_T[0], x_T[1], lam), self.num_timesteps, key, ia, clip)
+
+    def interpolate_noise(self, lambdas, key=None, callback: Callback | None = None, **kwargs) -> jax.Array:
+        """Spherical interpolation of two fresh x_T, denoised: (k, H, W, C); see `interpolate_noise_steps`."""
+        return _run(self.interpolate_noise_steps(lambdas, key, **kwargs), callback)
+
+    def _decode_mix(self, x, t, key, index, clip):
+        """The reverse chain from t for a batch that shares sample number `index`."""
+        ids = self._place(jnp.full((x.shape[0],), index, jnp.int32))
+        return self._denoise_iter(self._place(x), t, t, key, ids, bool(clip))
 
     @staticmethod
     def to_uint8(x, clip=False) -> np.ndarray:

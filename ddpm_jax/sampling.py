@@ -20,6 +20,7 @@ from .diffusion import denoising_step, diffusion_step
 # Independent streams of one user key, so x_T, the reverse noise and the
 # forward noise never share values.
 _INIT, _DENOISE, _DIFFUSE = 0, 1, 2
+_REPAINT = 3  # inpainting.py: the noise of each iteration of a jump schedule
 
 EpsFn = Callable[[object, jax.Array, jax.Array], jax.Array]
 

@@ -133,3 +133,29 @@ def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max loss difference" in proc.stdout, proc.stdout
     print(proc.stdout)
+
+
+def test_inpainting_and_interpolation_on_four_devices_match_one(saved):
+    script = textwrap.dedent(f"""
+        import jax, numpy as np
+        from ddpm_jax import Diffusion
+        from ddpm_jax.sharding import data_mesh
+        assert jax.device_count() == 4
+        picture, other = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
+        mask = np.zeros((8, 8), bool)
+        mask[:4] = True
+        runs = []
+        for mesh in (None, data_mesh()):
+            m = Diffusion.from_pretrained({str(saved)!r}, chunk_size=8, mesh=mesh)
+            inpainted = m.inpaint(picture, mask, n=4, key=2, steps=10, jump_length=3, jump_n_sample=2)
+            mixed = m.interpolate(picture, other, 12, [0.0, 0.3, 0.6, 1.0], key=2)
+            runs.append((np.asarray(inpainted), np.asarray(mixed)))
+        assert len(inpainted.sharding.device_set) == 4 and len(mixed.sharding.device_set) == 4
+        for one, four in zip(*runs):
+            np.testing.assert_allclose(four, one, atol=1e-5)
+        print("max difference", max(np.abs(a - b).max() for a, b in zip(*runs)))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max difference" in proc.stdout
