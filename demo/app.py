@@ -140,7 +140,8 @@ class Demo:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         T = self.models.get(choice, ema).num_timesteps
         most = T if sampler in ("ddpm", "ddim") else T - 1  # DPM-Solver++'s linspace steps: T-1 at most
-        steps = None if chain_steps in (None, "") else parse_int(chain_steps, "chain steps", 1, most)
+        # The page's empty number field sends 0: 0 (or nothing) means all T steps.
+        steps = None if chain_steps in (None, "") else parse_int(chain_steps, "chain steps", 0, most) or None
         if steps is None and most < T:
             raise ValueError(f"{sampler} needs a number of chain steps (1..{most}; 10 to 20 is plenty)")
         model = self.models.get(choice, ema, sampler, steps)
@@ -393,7 +394,7 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
                 with gr.Row():
                     sampler = raw(gr.Dropdown(list(SAMPLERS), value="ddpm", label="sampler (at Reset)",
                                               elem_id="sampler"))
-                    chain_steps = raw(gr.Number(None, label="chain steps S (at Reset; empty: all T)",
+                    chain_steps = raw(gr.Number(0, label="chain steps S (at Reset; 0: all T)",
                                                 elem_id="chain_steps"))
                 reset_btn = gr.Button("Reset (fresh x_T)")
                 steps = raw(gr.Number(100, label="steps (1..T)", elem_id="steps"))

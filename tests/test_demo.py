@@ -357,4 +357,5 @@ def test_a_dpm_solver_chain_split_by_the_page_equals_one_call(models):
     np.testing.assert_array_equal(np.asarray(s.x), np.asarray(direct))
     assert models.get("tiny", False, "dpmpp_2m", 10) is models.get("tiny", False, "dpmpp_2m", 10)  # compiled once
     bad = list(demo.reset(s, "tiny", False, 3, 2, "dpmpp_2m", T))
-    assert "chain steps must be between 1 and 39" in bad[-1].status and s.step == 0
+    assert "chain steps must be between 0 and 39" in bad[-1].status and s.step == 0
+    assert list(demo.reset(s, "tiny", False, 3, 2, "ddim", 0))[-1].step == T  # 0: all T steps
