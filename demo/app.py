@@ -22,11 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax.images import load_image, save_png
+from ddpm_jax.inpainting import jump_schedule
 from ddpm_jax.pipeline import SAMPLERS, as_key
 from ddpm_jax.sampling import initial_noise
 
-from . import render
-from .inputs import image_path, raw
+from . import editing, render
+from .inputs import InvalidInput, checked, image_path, raw
 from .models import Models, ModelUnavailable
 from .state import Session, parse_bool, parse_int
 from .views import KEEP, View, bind
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 16
 MAX_BRANCHES = 8
+MAX_MIXES = 12
+MAX_RESAMPLINGS = 20
 GIF_MAX_SIDE = 512
 GIF_BUDGET_BYTES = 48 * 2**20  # the enlarged frames of one GIF, together
 GIF_MAX_FRAMES = 400
@@ -191,36 +194,36 @@ class Demo:
             step = session.step
         return self._view(session, show_x0 is True, f"stopped at step {step}")
 
-    def _drive(self, session, gen, chunks, start, target, commit, render_fn, desc, superseded=None):
+    def _drive(self, session, gen, chunks, total, progress, commit, render_fn, desc, superseded=None):
         """Run `chunks` while chain `gen` owns the session; yield throttled Views.
 
-        After each chunk (blocked on, so a Stop lands within one chunk) the
-        chain's state is committed; a View is yielded for the first chunk,
-        then whenever `min_interval` has passed since the last one, and at the end,
-        each with the progress bar. A chain that loses the session ends
-        with `superseded()`, if given: the session as it now is, so the page
-        never keeps showing a stale chain.
+        After chunk i (blocked on, so a Stop lands within one chunk), with
+        `progress(i, item)` of `total` done, the chain's state is committed; a
+        View is yielded for the first chunk, then whenever `min_interval` has
+        passed since the last one, and at the end, each with the progress bar.
+        A chain that loses the session ends with `superseded()`, if given: the
+        session as it now is, so the page never keeps showing a stale chain.
         """
-        total, last = abs(target - start), -float("inf")
-        for item in chunks:
+        last = -float("inf")
+        for i, item in enumerate(chunks, 1):
             item.x.block_until_ready()
-            due = item.step == target or time.monotonic() - last >= self.min_interval
+            done = progress(i, item)
+            due = done == total or time.monotonic() - last >= self.min_interval
             with session.lock:
                 owner = session.generation == gen
                 if owner:
-                    commit(item, due)
+                    commit(item, due, done == total)
             if not owner:  # Stop, Reset or a newer chain took over
                 log.info("%s ended: superseded at step %d", desc, session.step)
                 if superseded is not None:
                     yield superseded()
                 return
             if due:
-                bar = render.progress_bar(abs(item.step - start), total, desc)
-                yield render_fn(item, item.step == target).but(bar=bar)
+                yield render_fn(item, done == total).but(bar=render.progress_bar(done, total, desc))
                 last = time.monotonic()
 
     def _main_chain(self, session, gen, model, chunks, start, target, show_x0, verb):
-        def commit(item, due):
+        def commit(item, due, done):
             session.x, session.step, session.pred_x0 = item
             if due:
                 session.trajectory.add(render.grid(np.asarray(item.x)))
@@ -237,8 +240,8 @@ class Demo:
             yield self._view(session, show_x0, note).but(bar=render.progress_bar(0, abs(target - start), note))
 
         # A chain that took over keeps its own status line.
-        yield from self._drive(session, gen, chunks, start, target, commit, view, verb[:-1] + "ing",
-                               superseded=lambda: self._view(session, show_x0))
+        yield from self._drive(session, gen, chunks, abs(target - start), lambda i, item: abs(item.step - start),
+                               commit, view, verb[:-1] + "ing", superseded=lambda: self._view(session, show_x0))
 
     def denoise(self, session: Session, steps, show_x0, clip):
         """Reverse steps from the current x_t (Alg. 2), streamed."""
@@ -343,8 +346,127 @@ class Demo:
         if self.models.first_run(model, "denoise", k):
             note = f"compiling for {k} continuations (first use of this size on this server)…"
             yield View(status=note, bar=render.progress_bar(0, start, note))
-        yield from self._drive(session, gen, chunks, start, 0, lambda item, due: None, view,
-                               "branching")
+        yield from self._drive(session, gen, chunks, start, lambda i, item: start - item.step,
+                               lambda item, due, done: None, view, "branching")
+
+    # -- inpainting and interpolation -----------------------------------------
+
+    def to_editor(self, session: Session):
+        """Sample 0 of the current x into the inpainting editor, enlarged as the page shows it."""
+        with session.lock:
+            x = session.x
+        if x is None:
+            return View(status=WARN + "nothing to edit yet: press Reset first")
+        model = self._model(session)
+        img = render.upscale(render.grid(np.asarray(x[:1])), render.display_scale(model.image_shape[0]))
+        rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
+        return View(editor={"background": rgb, "layers": [], "composite": rgb},
+                    status="sample 0 is in the editor: paint over the part to fill, then press Inpaint")
+
+    def inpaint(self, session: Session, edited, steps, jump_length, jump_n_sample, show_x0, clip):
+        """Fill the painted part of the editor's picture (RePaint), one completion per
+        sample of the batch, streamed; at the end they become x (step 0).
+
+        A Stop leaves the session as it was: a RePaint chain is not a chain Denoise can go on with.
+        """
+        show_x0 = show_x0 is True
+        try:
+            if isinstance(edited, InvalidInput):
+                raise ValueError(edited)
+            if not isinstance(edited, dict) or edited.get("background") is None:
+                raise ValueError("no picture in the editor: put sample 0 there (or upload one), then paint "
+                                 "over the part to fill")
+            self._ensure(session)
+            model = self.models.get(session.choice, session.ema)  # RePaint respaces the full process itself
+            h, _, c = model.image_shape
+            background = np.asarray(edited["background"])
+            picture = editing.picture_at(background, h, c)
+            fill = editing.fill_mask(edited.get("layers") or [], background.shape[:2], h)
+            T = model.num_timesteps
+            steps = parse_int(steps, "RePaint steps", 1, T)
+            jump = parse_int(jump_length, "jump length", 1, steps)
+            resample = parse_int(jump_n_sample, "resamplings", 1, MAX_RESAMPLINGS)
+            clip = parse_bool(clip, "clip")
+            with session.lock:
+                n = session.n
+                chunks = model.inpaint_steps(picture, ~fill, n, key=session.seed, steps=steps, jump_length=jump,
+                                             jump_n_sample=resample, clip=clip)
+                session.generation += 1
+                gen = session.generation
+            total = len(jump_schedule(steps, jump, resample))
+        except (ValueError, ModelUnavailable) as err:
+            yield self._warn(session, show_x0, err)
+            return
+        keep = jnp.asarray(~fill)[None, :, :, None]
+        settings = f"{steps} steps, jump length {jump}, {resample} resampling{'s' if resample > 1 else ''}"
+
+        def commit(item, due, done):
+            if done:
+                session.x, session.step, session.pred_x0 = item.x, 0, None
+                session.trajectory.add(render.grid(np.asarray(item.x)))
+
+        def view(item, done):
+            shown = jnp.where(keep, picture, item.pred_x0) if show_x0 and not done else item.x
+            status = (f"inpainted {n} completion{'s' if n > 1 else ''} ({settings}): now x_0" if done
+                      else f"inpainting ({settings}): at step {item.step} of its chain")
+            return View(image=self._frame(model, shown), step=0 if done else item.step, status=status)
+
+        if self.models.first_run(model, "inpaint", n):
+            note = f"compiling inpainting for batch size {n} (first use of this size on this server)…"
+            yield View(status=note, bar=render.progress_bar(0, total, note))
+        chunk = model.chunk_size
+        yield from self._drive(session, gen, chunks, total, lambda i, item: min(i * chunk, total), commit, view,
+                               "inpainting", superseded=lambda: self._view(session, show_x0))
+
+    def _end(self, session, model, source, upload, seed, what):
+        """One end of an interpolation at the model's resolution, (H, W, C) in [-1, 1]."""
+        h, _, c = model.image_shape
+        if source == "upload":
+            if not isinstance(upload, (str, Path)):
+                raise ValueError(f"no picture for {what}: upload one (or choose another source)")
+            return load_image(upload, resolution=h, channels=c)
+        if source == "sample 0":
+            with session.lock:
+                x = session.x
+            return np.clip(np.asarray(x[0]), -1.0, 1.0)
+        if source == "another seed":
+            seed = parse_int(seed, f"{what}'s seed", 0, 2**31 - 1)
+            return np.asarray(model.denoise(1, key=seed, clip=True)[0])
+        raise ValueError(f"{what} must come from 'sample 0', 'another seed' or 'upload', got {source!r}")
+
+    def interpolate(self, session: Session, a_source, a_upload, b_source, b_upload, b_seed, t, k, clip):
+        """k images from A to B through x_t (paper Sec. 4.4, Fig. 8), streamed as a strip A, mixes, B.
+
+        Both are diffused t steps with the same noise and their mixes denoised with
+        the reverse noise fixed across lambda; the session's x is left as it is.
+        """
+        try:
+            model = self._ensure(session)
+            t = parse_int(t, "t", 1, model.num_timesteps)
+            k = parse_int(k, "k", 2, MAX_MIXES)
+            clip = parse_bool(clip, "clip")
+            a = self._end(session, model, a_source, a_upload, None, "A")
+            b = self._end(session, model, b_source, b_upload, b_seed, "B")
+            chunks = model.interpolate_steps(a, b, t, np.linspace(0.0, 1.0, k), key=session.seed, clip=clip)
+            with session.lock:
+                session.generation += 1
+                gen = session.generation
+        except (ValueError, OSError, ModelUnavailable) as err:
+            yield View(status=WARN + str(err))
+            return
+
+        def view(item, done):
+            row = np.concatenate([a[None], np.asarray(item.x), b[None]])
+            img = render.upscale(render.grid(row, ncol=k + 2), render.display_scale(model.image_shape[0]))
+            status = (f"interpolated: A, {k} mixes through x_{t}, B" if done
+                      else f"decoding {k} mixes from x_{t}: step {item.step}")
+            return View(strip=render.for_display(img), status=status)
+
+        if self.models.first_run(model, "denoise", k):
+            note = f"compiling for {k} mixes (first use of this size on this server)…"
+            yield View(status=note, bar=render.progress_bar(0, t, note))
+        yield from self._drive(session, gen, chunks, t, lambda i, item: t - item.step,
+                               lambda item, due, done: None, view, "interpolating")
 
     def save_image(self, session: Session, show_x0):
         """The current image (x_t, or predicted x_0) as a PNG at model resolution."""
@@ -370,7 +492,8 @@ class Demo:
 def build_app(models: Models, default: str, *, min_interval: float = 0.1,
               concurrency: int = 4, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     """The page. Named endpoints: reset, denoise, diffuse, stop, view, use_image,
-    branch, save_image, save_gif (state is per client session)."""
+    branch, to_editor, inpaint, interpolate, save_image, save_gif (state is per client
+    session)."""
     demo = Demo(models, default, min_interval=min_interval)
     choices = list(models.choices)
     with gr.Blocks(title="ddpm_jax: watch diffusion", analytics_enabled=False,
@@ -426,10 +549,42 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
                     download = gr.File(label="download", interactive=False)
             branch_img = gr.Image(label="x_t and its continuations (paper, Fig. 7)", format="png",
                                   interactive=False, elem_id="branches")
+        with gr.Accordion("Inpaint (RePaint) and interpolate (paper Sec. 4.4): no retraining", open=False,
+                          elem_id="editing"):
+            with gr.Row():
+                with gr.Column():
+                    editor = checked(gr.ImageEditor(
+                        label="paint over the part to fill (sample 0, or upload a picture)", type="numpy",
+                        image_mode="RGBA", sources=["upload", "clipboard"], layers=False, transforms=(),
+                        brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=24),
+                        format="png", elem_id="editor", height=420))
+                    with gr.Row():
+                        to_editor_btn = gr.Button("Sample 0 into the editor", elem_id="to_editor")
+                        inpaint_btn = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
+                    with gr.Accordion("RePaint's schedule (Lugmayr et al. 2022)", open=False):
+                        rp_steps = raw(gr.Number(250, label="steps (the process respaced; at most T)",
+                                                 elem_id="rp_steps"))
+                        rp_jump = raw(gr.Number(10, label="jump length j", elem_id="rp_jump"))
+                        rp_resample = raw(gr.Number(10, label="resamplings r (1: replacement, no jumps)",
+                                                    elem_id="rp_resample"))
+                with gr.Column():
+                    a_source = raw(gr.Radio(["sample 0", "upload"], value="sample 0", label="A"))
+                    a_upload = image_path(gr.Image(label="A (upload)", format="png", type="filepath",
+                                                   image_mode=None, sources=["upload", "clipboard"]))
+                    b_source = raw(gr.Radio(["another seed", "upload"], value="another seed", label="B"))
+                    b_seed = raw(gr.Number(1, label="B's seed"))
+                    b_upload = image_path(gr.Image(label="B (upload)", format="png", type="filepath",
+                                                   image_mode=None, sources=["upload", "clipboard"]))
+                    with gr.Row():
+                        interp_t = raw(gr.Number(500, label="t (1..T)"))
+                        interp_k = raw(gr.Slider(2, MAX_MIXES, value=8, step=1, label="mixes k"))
+                    interp_btn = gr.Button("Interpolate A to B", elem_id="interpolate")
+            strip = gr.Image(label="A, the mixes from lambda = 0 to 1, B", format="png", interactive=False,
+                             elem_id="strip")
 
         # Each View field's component, once; each endpoint lists the fields it sends.
         outputs = dict(image=image, step=step, status=status, plot=plot, bar=bar, model=model, ema=ema,
-                       branches=branch_img, download=download)
+                       branches=branch_img, download=download, editor=editor, strip=strip)
         shown = ("image", "step", "status", "plot")
 
         def on(trigger, handler, inputs, fields, **kwargs):
@@ -448,6 +603,12 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
         on(upload.upload, demo.use_image, [session, upload, show_x0], shown, api_name="use_image")
         on(branch_btn.click, demo.branch, [session, branches, clip], ("branches", "status", "bar"),
            api_name="branch", **chain)
+        on(to_editor_btn.click, demo.to_editor, [session], ("editor", "status"), api_name="to_editor")
+        on(inpaint_btn.click, demo.inpaint, [session, editor, rp_steps, rp_jump, rp_resample, show_x0, clip],
+           (*shown, "bar"), api_name="inpaint", **chain)
+        on(interp_btn.click, demo.interpolate,
+           [session, a_source, a_upload, b_source, b_upload, b_seed, interp_t, interp_k, clip],
+           ("strip", "status", "bar"), api_name="interpolate", **chain)
         on(save_png_btn.click, demo.save_image, [session, show_x0], ("download",), api_name="save_image")
         on(save_gif_btn.click, demo.save_gif, [session], ("download",), api_name="save_gif")
     app.queue(default_concurrency_limit=concurrency, max_size=queue_size)

@@ -24,3 +24,22 @@ def image_path(component):
     """An image upload handed over as the uploaded file's path, not opened by Gradio."""
     component.preprocess = lambda payload: None if payload is None else payload.path
     return component
+
+
+class InvalidInput(str):
+    """A value Gradio could not convert; the handler answers with this message."""
+
+
+def checked(component):
+    """`component` with Gradio's own conversion (the image editor needs it), whose
+    failure reaches the handler as an `InvalidInput` instead of a traceback."""
+    convert = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return convert(payload)
+        except Exception as err:  # any malformed payload: the handler says so on the page
+            return InvalidInput(f"{component.label or 'the input'} could not be read ({err})")
+
+    component.preprocess = preprocess
+    return component

@@ -34,6 +34,8 @@ class View:
     ema: Any = KEEP  # the EMA checkbox
     branches: Any = KEEP  # x_t and its continuations
     download: Any = KEEP  # a file to download
+    editor: Any = KEEP  # the inpainting editor: a picture to paint the mask on
+    strip: Any = KEEP  # the interpolation strip, A to B
 
     def but(self, **changes) -> "View":
         return dataclasses.replace(self, **changes)
