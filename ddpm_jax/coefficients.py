@@ -43,6 +43,11 @@ class Coefficients:
     posterior_mean_coef1: jax.Array
     posterior_mean_coef2: jax.Array
     model_log_variance: jax.Array  # log sigma_t^2 of the reverse step
+    # The variational bound's variances, as the release's diffusion_utils_2.py
+    # computes them: the t = 0 entry (a posterior variance of 0) is replaced by
+    # the t = 1 one, so every log is finite (bits/dim only, never sampling).
+    posterior_log_variance_clipped: jax.Array  # log beta tilde, eq. (7)
+    model_log_variance_clipped: jax.Array  # log sigma_t^2 of p(x_{t-1} | x_t) in the bound
 
     @property
     def num_timesteps(self) -> int:
@@ -83,6 +88,8 @@ def coefficients_float64(config: DiffusionConfig, steps: int | None = None) -> d
         recip = np.where(abar > 0, 1.0 / abar, 0.0)
         recipm1 = np.where(abar > 0, 1.0 / abar - 1.0, 0.0)
     posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
+    # A one-step chain has no t = 1 to borrow from: its beta stands in.
+    clipped = np.append(posterior_variance[1], posterior_variance[1:]) if len(betas) > 1 else betas
     if config.model_var_type == "fixedlarge":
         # sigma^2 = beta, with the t = 0 entry borrowed from beta tilde_1.
         log_var = np.log(np.append(posterior_variance[1:2], betas[1:]) if len(betas) > 1 else betas)
@@ -104,6 +111,9 @@ def coefficients_float64(config: DiffusionConfig, steps: int | None = None) -> d
         posterior_mean_coef1=betas * np.sqrt(abar_prev) / (1.0 - abar),
         posterior_mean_coef2=(1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
         model_log_variance=log_var,
+        posterior_log_variance_clipped=np.log(clipped),
+        # fixedlarge's t = 0 entry is already borrowed; fixedsmall is beta tilde.
+        model_log_variance_clipped=log_var if config.model_var_type == "fixedlarge" else np.log(clipped),
     )
 
 
