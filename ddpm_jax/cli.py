@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("ddpm_jax.train_cli", "train a DDPM with optax, checkpointed and resumable"),
     "demo": ("ddpm_jax.demo.cli", "serve the Gradio page to watch diffusion live"),
     "convert": ("ddpm_jax.convert.cli", "convert PyTorch/diffusers checkpoints to ddpm_jax params (and back)"),
+    "eval": ("ddpm_jax.eval_cli", "bits/dim (the variational bound), rate-distortion, FID/KID/IS"),
 }
 
 
