@@ -105,11 +105,11 @@ def compute_bound(model, images: np.ndarray, *, batch: int, seed: int, clip: boo
 
 
 def _bound_for(args):
+    import jax
+
     from .compile_cache import enable_compilation_cache
     from .pipeline import Diffusion, _check_int
     from .sharding import data_mesh
-
-    import jax
 
     batch = _check_int("--batch", args.batch, 1, 10**6)
     enable_compilation_cache()

@@ -18,6 +18,8 @@ that `ddpm-jax sample --format npz` writes, or one `.npz`/`.npy` uint8 array
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -138,6 +140,16 @@ def load_stats(path) -> Stats | None:
     return Stats(mu, sigma, n)
 
 
+@contextmanager
+def _quiet():
+    """Without torchmetrics' warnings about feature buffers and a compute before any update:
+    here the features are computed beforehand and the states set on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*was called before the ``update``", category=UserWarning)
+        yield
+
+
 class _Given(nn.Module):
     """Stands in for torchmetrics' feature network: the features are computed beforehand."""
 
@@ -168,7 +180,8 @@ def frechet_distance(a: Stats, b: Stats) -> float:
                 (n - 1) * torch.from_numpy(np.asarray(s.sigma, np.float64)) + n * torch.outer(mu, mu))
         setattr(metric, f"{side}_features_num_samples", torch.tensor(n))
     metric.orig_dtype = torch.float64  # what `update` would have recorded
-    return float(metric.compute())
+    with _quiet():
+        return float(metric.compute())
 
 
 def kernel_inception_distance(pool_a, pool_b, *, subset_size: int = 1000, subsets: int = 100,
@@ -178,7 +191,8 @@ def kernel_inception_distance(pool_a, pool_b, *, subset_size: int = 1000, subset
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = min(subset_size, len(pool_a), len(pool_b))
-    metric = KernelInceptionDistance(feature=_Given(pool_a.shape[1]), subsets=subsets, subset_size=size)
+    with _quiet():
+        metric = KernelInceptionDistance(feature=_Given(pool_a.shape[1]), subsets=subsets, subset_size=size)
     metric.update(torch.from_numpy(np.asarray(pool_a, np.float64)), real=True)
     metric.update(torch.from_numpy(np.asarray(pool_b, np.float64)), real=False)
     with torch.random.fork_rng():
@@ -191,7 +205,8 @@ def inception_score(logits, *, splits: int = 10, seed: int = 0) -> tuple[float, 
     """IS's mean and standard deviation over `splits` splits of the shuffled images."""
     from torchmetrics.image.inception import InceptionScore
 
-    metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
+    with _quiet():
+        metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
     metric.update(torch.from_numpy(np.asarray(logits, np.float64)))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
