@@ -163,12 +163,12 @@ def variational_bound(chunk_fn: Callable, params, coeffs: Coefficients, x0, key,
 def grid_images(x0, image_shape) -> np.ndarray:
     """Validated images for the bound: (n, *image_shape) uint8, or floats in [-1, 1]
     on the 8-bit grid (k / 127.5 - 1); float32 in [-1, 1] out."""
-    want = (None, *image_shape)
+    want = f"(n, H, W, C) = (n, {', '.join(map(str, image_shape))})"
     if not hasattr(x0, "shape") or not hasattr(x0, "dtype"):
-        raise TypeError(f"x0 must be an array (n, H, W, C) = {want}, got {type(x0).__name__}")
+        raise TypeError(f"x0 must be an array {want}, got {type(x0).__name__}")
     if x0.ndim != 4 or tuple(x0.shape[1:]) != tuple(image_shape) or x0.shape[0] < 1:
-        raise ValueError(f"x0 has shape {tuple(x0.shape)}; this model expects (n, H, W, C) = (n, "
-                         f"{', '.join(map(str, image_shape))}), n >= 1 (one image: x0[None])")
+        raise ValueError(f"x0 has shape {tuple(x0.shape)}; this model expects {want}, n >= 1 "
+                         "(one image: x0[None])")
     x = np.asarray(x0)
     if x.dtype == np.uint8:
         return (x / 127.5 - 1.0).astype(np.float32)  # float64 then one cast, as below
