@@ -26,6 +26,7 @@ COMMANDS = {
     "inpaint": ("ddpm_jax.inpaint_cli", "fill the masked part of a picture (RePaint), K completions and a grid"),
     "interpolate": ("ddpm_jax.interpolate_cli", "a strip from picture A to B through the latent x_t (paper Sec. 4.4)"),
     "convert": ("ddpm_jax.convert.cli", "convert PyTorch/diffusers checkpoints to ddpm_jax params (and back)"),
+    "eval": ("ddpm_jax.eval_cli", "bits/dim (the variational bound), rate-distortion, FID/KID/IS"),
 }
 
 

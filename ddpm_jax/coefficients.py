@@ -51,6 +51,11 @@ class Coefficients:
     sqrt_one_minus_alphas_cumprod_prev: jax.Array  # sigma_next; 0 at index 0
     dpm_one_minus_exp_neg_h: jax.Array  # 1 - e^{-h}, h = lambda_next - lambda; 1 at index 0
     dpm_half_inv_r: jax.Array  # 1 / (2 r), r = h_{i+1} / h_i (Alg. 2); 0 where first order
+    # The variational bound's variances, as the release's diffusion_utils_2.py
+    # computes them: the t = 0 entry (a posterior variance of 0) is replaced by
+    # the t = 1 one, so every log is finite (bits/dim only, never sampling).
+    posterior_log_variance_clipped: jax.Array  # log beta tilde, eq. (7)
+    model_log_variance_clipped: jax.Array  # log sigma_t^2 of p(x_{t-1} | x_t) in the bound
 
     @property
     def num_timesteps(self) -> int:
@@ -136,6 +141,8 @@ def coefficients_float64(config: DiffusionConfig, steps: int | None = None,
         recip = np.where(abar > 0, 1.0 / abar, 0.0)
         recipm1 = np.where(abar > 0, 1.0 / abar - 1.0, 0.0)
     posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
+    # A one-step chain has no t = 1 to borrow from: its beta stands in.
+    clipped = np.append(posterior_variance[1], posterior_variance[1:]) if len(betas) > 1 else betas
     if config.model_var_type == "fixedlarge":
         # sigma^2 = beta, with the t = 0 entry borrowed from beta tilde_1.
         log_var = np.log(np.append(posterior_variance[1:2], betas[1:]) if len(betas) > 1 else betas)
@@ -158,6 +165,9 @@ def coefficients_float64(config: DiffusionConfig, steps: int | None = None,
         posterior_mean_coef2=(1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
         model_log_variance=log_var,
         **_dpm_solver_tables(abar, abar_prev),
+        posterior_log_variance_clipped=np.log(clipped),
+        # fixedlarge's t = 0 entry is already borrowed; fixedsmall is beta tilde.
+        model_log_variance_clipped=log_var if config.model_var_type == "fixedlarge" else np.log(clipped),
     )
 
 

@@ -24,6 +24,7 @@ from .inpainting import (PAPER_JUMP_LENGTH, PAPER_JUMP_N_SAMPLE, check_mask, def
                          repaint_chunk)
 from .interpolation import check_lambdas, lerp, slerp
 from .memory import check_batch
+from .likelihood import Bound, bound_chunk, grid_images, variational_bound
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
 from .sharding import replicate, shard_batch
 from .unet import UNet
@@ -172,6 +173,7 @@ class Diffusion:
             static_argnames="clip",
         )
         self._diffuse_chunk = jax.jit(partial(diffuse_chunk, chunk=self.chunk_size))
+        self._bound_chunk = jax.jit(partial(bound_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip")
 
     def _prepare(self, params):
         """Params as the UNet runs them: cast once to `dtype` (the step math
@@ -440,6 +442,20 @@ class Diffusion:
         """The reverse chain from t for a batch that shares sample number `index`."""
         ids = self._place(jnp.full((x.shape[0],), index, jnp.int32))
         return self._denoise_iter(self._place(x), t, t, key, ids, bool(clip))
+
+    def bpd(self, x0, key=None, *, clip=True, first_index=0) -> Bound:
+        """The variational bound (eq. 5) of each image in bits/dim, as the release's
+        `calc_bpd_loop` (see `likelihood`): total, per-t terms, prior and MSE.
+
+        x0: (n, H, W, C) uint8, or floats in [-1, 1] on the 8-bit grid. `clip`
+        clips the predicted x_0 to [-1, 1] (the release's default). Image i's
+        noise at step t depends only on (key, first_index + i, t). One
+        compilation per batch shape; with a mesh, n must be a multiple of its size.
+        """
+        x0 = grid_images(x0, self.image_shape)
+        _, ids = self._ids(x0.shape[0], first_index)
+        return variational_bound(self._bound_chunk, self.run_params, self.coeffs, self._place(jnp.asarray(x0)),
+                                 as_key(key), ids, chunk=self.chunk_size, clip=bool(clip))
 
     @staticmethod
     def to_uint8(x, clip=False) -> np.ndarray:

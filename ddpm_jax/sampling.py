@@ -20,7 +20,8 @@ from .diffusion import denoising_step, diffusion_step
 # Independent streams of one user key, so x_T, the reverse noise and the
 # forward noise never share values.
 _INIT, _DENOISE, _DIFFUSE = 0, 1, 2
-_REPAINT = 3  # inpainting.py: the noise of each iteration of a jump schedule
+_BOUND = 3  # q_sample's noise in the variational bound (likelihood.py)
+_REPAINT = 4  # inpainting.py: the noise of each iteration of a jump schedule
 
 EpsFn = Callable[[object, jax.Array, jax.Array], jax.Array]
 
@@ -38,6 +39,11 @@ def _per_sample_normal(key, sample_ids, t, shape):
 def initial_noise(key, sample_ids, shape):
     """x_T for each sample id: (n, *shape) float32, a function of (key, i) only."""
     return _per_sample_normal(jax.random.fold_in(key, _INIT), sample_ids, 0, shape)
+
+
+def bound_noise(key, sample_ids, t, shape):
+    """The noise of x_t ~ q(x_t | x_0) for the bound at step t: a function of (key, i, t) only."""
+    return _per_sample_normal(jax.random.fold_in(key, _BOUND), sample_ids, t, shape)
 
 
 def denoise_chunk(eps_fn: EpsFn, params, coeffs: Coefficients, x, pred_x0, start_step,

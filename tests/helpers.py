@@ -255,3 +255,29 @@ class CheckpointServer:
         self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def random_inception_state(seed: int = 0) -> dict:
+    """A state_dict for ddpm_jax.inception.InceptionV3 (the standard weights file's keys),
+    random but well scaled: conv weights N(0, 2 / fan_in), random batch-norm statistics,
+    so that features stay O(1) through the 94 convolutions."""
+    import torch
+
+    from ddpm_jax.inception import InceptionV3
+
+    torch.manual_seed(seed)
+    net = InceptionV3()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.ndim == 4:
+                p.normal_(0.0, (2.0 / p[0].numel()) ** 0.5)
+            elif p.ndim == 2:
+                p.normal_(0.0, p.shape[1] ** -0.5)
+            else:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+        for name, b in net.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_(0.0, 0.1)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+    return net.state_dict()
