@@ -76,7 +76,7 @@ def test_eval_images_are_quantised_to_the_grid(tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["bpd", "--data", "{tmp}/empty"], "no readable .png/.jpg/.jpeg images"),
+    (["bpd", "--data", "{tmp}/empty"], "no readable .png/.jpg/.jpeg/.tif/.tiff/.bmp/.webp images"),
     (["bpd", "--data", "{tmp}/missing"], "no such file or folder"),
     (["bpd", "--n", "0"], r"--n=0 is out of range"),
     (["rd", "--bound", "{tmp}/missing.npz"], "no such file"),
