@@ -555,7 +555,7 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
                 with gr.Column():
                     editor = checked(gr.ImageEditor(
                         label="paint over the part to fill (sample 0, or upload a picture)", type="numpy",
-                        image_mode="RGBA", sources=["upload", "clipboard"], layers=False, transforms=(),
+                        image_mode="RGBA", sources=["upload", "clipboard"], transforms=(),
                         brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=24),
                         format="png", elem_id="editor", height=420))
                     with gr.Row():

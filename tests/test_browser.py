@@ -7,10 +7,14 @@ as a test artifact under artifacts/.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from ddpm_jax.demo import render
 from ddpm_jax.demo.measure import CHROMIUM, CHROMIUM_ARGS
 
 from .helpers import T, make_tiny_model, serving, tiny_models
@@ -71,3 +75,55 @@ def test_page_denoises_live(tmp_path):
             assert page.locator("#step input").input_value() == str(T - 30)
         finally:
             browser.close()
+
+
+def test_page_inpaints_a_painted_stroke(tmp_path):
+    """Sample 0 into the editor, a stroke down the middle, Inpaint: the middle changes, the sides stay."""
+    path = make_tiny_model(tmp_path / "tiny.safetensors")
+    with serving(tiny_models(path), min_interval=0.0) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(url)
+            page.wait_for_function(step_is(T), timeout=60_000)
+            page.locator("#steps input").fill(str(T))
+            page.click("#denoise")
+            page.wait_for_function(step_is(0), timeout=60_000)
+            before = shown_tile(page)
+
+            page.get_by_text("Inpaint (RePaint) and interpolate").click()
+            page.click("#to_editor")
+            page.wait_for_function("document.querySelector('#status').innerText.includes('in the editor')")
+            page.locator("#editor button[aria-label='Brush']").click()
+            box = page.locator("#editor canvas").first.bounding_box()
+            # The picture sits in the middle of the canvas: a stroke that starts outside it paints nothing.
+            x, top, bottom = box["x"] + box["width"] / 2, box["y"] + 0.2 * box["height"], box["y"] + 0.8 * box["height"]
+            page.mouse.move(x, top)
+            page.mouse.down()
+            for i in range(1, 21):
+                page.mouse.move(x, top + (bottom - top) * i / 20, steps=3)
+                page.wait_for_timeout(20)
+            page.mouse.up()
+            page.get_by_text("RePaint's schedule").click()
+            for field, value in (("#rp_steps", 10), ("#rp_jump", 3), ("#rp_resample", 2)):
+                page.locator(f"{field} input").fill(str(value))
+            page.click("#inpaint")
+            page.wait_for_function("document.querySelector('#status').innerText.includes('inpainted')",
+                                   timeout=60_000)
+            after = shown_tile(page)
+            changed = np.flatnonzero((after != before).any(axis=0))
+            assert len(changed) and changed.min() >= 2 and changed.max() <= 5, changed  # the stroke's columns
+            np.testing.assert_array_equal(after[:, :2], before[:, :2])
+            np.testing.assert_array_equal(after[:, 6:], before[:, 6:])
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=ARTIFACTS / "demo-inpaint.png", full_page=True)
+        finally:
+            browser.close()
+
+
+def shown_tile(page) -> np.ndarray:
+    """The main image as the page shows it, back at the model's 8x8 (it shows one sample)."""
+    src = page.locator("#xt img").get_attribute("src")
+    data = page.request.get(src).body()
+    img = np.asarray(Image.open(io.BytesIO(data)))
+    return img[:: render.display_scale(8), :: render.display_scale(8)]
