@@ -194,7 +194,8 @@ class Demo:
             step = session.step
         return self._view(session, show_x0 is True, f"stopped at step {step}")
 
-    def _drive(self, session, gen, chunks, total, progress, commit, render_fn, desc, superseded=None):
+    def _drive(self, session, gen, chunks, total, progress, commit, render_fn, desc, superseded=None,
+               unit="steps"):
         """Run `chunks` while chain `gen` owns the session; yield throttled Views.
 
         After chunk i (blocked on, so a Stop lands within one chunk), with
@@ -219,7 +220,7 @@ class Demo:
                     yield superseded()
                 return
             if due:
-                yield render_fn(item, done == total).but(bar=render.progress_bar(done, total, desc))
+                yield render_fn(item, done == total).but(bar=render.progress_bar(done, total, desc, unit))
                 last = time.monotonic()
 
     def _main_chain(self, session, gen, model, chunks, start, target, show_x0, verb):
@@ -413,10 +414,10 @@ class Demo:
 
         if self.models.first_run(model, "inpaint", n):
             note = f"compiling inpainting for batch size {n} (first use of this size on this server)…"
-            yield View(status=note, bar=render.progress_bar(0, total, note))
+            yield View(status=note, bar=render.progress_bar(0, total, note, "iterations"))
         chunk = model.chunk_size
         yield from self._drive(session, gen, chunks, total, lambda i, item: min(i * chunk, total), commit, view,
-                               "inpainting", superseded=lambda: self._view(session, show_x0))
+                               "inpainting", superseded=lambda: self._view(session, show_x0), unit="iterations")
 
     def _end(self, session, model, source, upload, seed, what):
         """One end of an interpolation at the model's resolution, (H, W, C) in [-1, 1]."""

@@ -78,11 +78,11 @@ def schedule_plot(abar: np.ndarray, step: int, size=(360, 170)) -> np.ndarray:
     return np.asarray(img)
 
 
-def progress_bar(done: int, total: int, label: str) -> str:
-    """A chain's progress as HTML: a bar and "done / total steps"."""
+def progress_bar(done: int, total: int, label: str, unit: str = "steps") -> str:
+    """A chain's progress as HTML: a bar and "done / total steps" (or another unit)."""
     pct = 100.0 * done / max(total, 1)
     return (f'<div class="ddpm-bar"><div style="width:{pct:.1f}%"></div></div>'
-            f'<span class="ddpm-bar-text">{html.escape(label)} {done} / {total} steps</span>')
+            f'<span class="ddpm-bar-text">{html.escape(label)} {done} / {total} {unit}</span>')
 
 
 def gif_frames(frames: list[np.ndarray], max_side: int, budget_bytes: int, max_frames: int):
