@@ -12,7 +12,7 @@ from PIL import Image
 
 from ddpm_jax import Diffusion
 from ddpm_jax.demo import render
-from ddpm_jax.demo.app import Demo
+from ddpm_jax.demo.handlers import Demo
 from ddpm_jax.demo.models import Models, ModelUnavailable
 from ddpm_jax.demo.state import Session, Trajectory, parse_int
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ddpm_jax.demo import editing, render
 from ddpm_jax.inpainting import jump_schedule
-from ddpm_jax.demo.app import Demo
+from ddpm_jax.demo.handlers import Demo
 from ddpm_jax.demo.state import Session
 
 from .helpers import ONE_LEVEL_UNET, T, make_tiny_model, serving, tiny_models

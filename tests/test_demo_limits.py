@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_jax.demo import app as app_mod
+from ddpm_jax.demo import handlers as handlers_mod
 from ddpm_jax.demo import render
-from ddpm_jax.demo.app import Demo, build_app
+from ddpm_jax.demo.app import build_app
+from ddpm_jax.demo.handlers import Demo
 from ddpm_jax.demo.state import Session, Trajectory
 
 from .helpers import T, make_tiny_model, serving, tiny_models
@@ -64,7 +65,7 @@ def test_wrong_types_get_the_pages_message_and_no_traceback(url, caplog):
 
 def test_served_downloads_do_not_pile_up(models, tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    monkeypatch.setattr(app_mod, "DOWNLOAD_TTL_S", 0)  # every older file is stale at the next download
+    monkeypatch.setattr(handlers_mod, "DOWNLOAD_TTL_S", 0)  # every older file is stale at the next download
     with serving(models) as url:
         c = client(url)
         c.predict("tiny", False, 0, 1, api_name="/reset")
@@ -104,7 +105,7 @@ def test_gif_is_bounded_by_its_enlarged_size():
 
 
 def test_save_gif_memory_stays_within_the_budget(models, monkeypatch):
-    monkeypatch.setattr(app_mod, "GIF_BUDGET_BYTES", 4 * 2**20)
+    monkeypatch.setattr(handlers_mod, "GIF_BUDGET_BYTES", 4 * 2**20)
     demo, s = Demo(models, "tiny"), Session()
     list(demo.reset(s, "tiny", False, 0, 16))  # a 4x4 grid of 8x8 samples: 42x42 frames
     s.trajectory = Trajectory(budget_bytes=2**30, max_frames=10**6)
