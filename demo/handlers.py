@@ -215,6 +215,22 @@ class Demo:
                 yield render_fn(item, done == total).but(bar=render.progress_bar(done, total, desc, unit))
                 last = time.monotonic()
 
+    def _row(self, model, parts) -> np.ndarray:
+        """Batches of images side by side in one row, enlarged for the page."""
+        row = np.concatenate([np.asarray(p) for p in parts])
+        img = render.upscale(render.grid(row, ncol=len(row)), render.display_scale(model.image_shape[0]))
+        return render.for_display(img)
+
+    def _side_chain(self, session, gen, model, chunks, n, start, view, what, desc):
+        """A reverse chain of n images from `start` down to 0 beside the session's
+        (branching, interpolation): streamed with `view(item, done)`, the session
+        left as it is."""
+        if self.models.first_run(model, "denoise", n):
+            note = f"compiling for {what} (first use of this size on this server)…"
+            yield View(status=note, bar=render.progress_bar(0, start, note))
+        yield from self._drive(session, gen, chunks, start, lambda i, item: start - item.step,
+                               lambda item, due, done: None, view, desc)
+
     def _main_chain(self, session, gen, model, chunks, start, target, show_x0, verb):
         def commit(item, due, done):
             session.x, session.step, session.pred_x0 = item
@@ -330,17 +346,11 @@ class Demo:
             return
 
         def view(item, done):
-            row = np.concatenate([np.asarray(xt), np.asarray(item.x)])
-            img = render.upscale(render.grid(row, ncol=k + 1), render.display_scale(model.image_shape[0]))
             status = (f"branched: x_t at step {start} (left) and {k} continuations to x_0" if done
                       else f"branching from step {start}: step {item.step}")
-            return View(branches=render.for_display(img), status=status)
+            return View(branches=self._row(model, [xt, item.x]), status=status)
 
-        if self.models.first_run(model, "denoise", k):
-            note = f"compiling for {k} continuations (first use of this size on this server)…"
-            yield View(status=note, bar=render.progress_bar(0, start, note))
-        yield from self._drive(session, gen, chunks, start, lambda i, item: start - item.step,
-                               lambda item, due, done: None, view, "branching")
+        yield from self._side_chain(session, gen, model, chunks, k, start, view, f"{k} continuations", "branching")
 
     # -- inpainting and interpolation -----------------------------------------
 
@@ -449,17 +459,11 @@ class Demo:
             return
 
         def view(item, done):
-            row = np.concatenate([a[None], np.asarray(item.x), b[None]])
-            img = render.upscale(render.grid(row, ncol=k + 2), render.display_scale(model.image_shape[0]))
             status = (f"interpolated: A, {k} mixes through x_{t}, B" if done
                       else f"decoding {k} mixes from x_{t}: step {item.step}")
-            return View(strip=render.for_display(img), status=status)
+            return View(strip=self._row(model, [a[None], item.x, b[None]]), status=status)
 
-        if self.models.first_run(model, "denoise", k):
-            note = f"compiling for {k} mixes (first use of this size on this server)…"
-            yield View(status=note, bar=render.progress_bar(0, t, note))
-        yield from self._drive(session, gen, chunks, t, lambda i, item: t - item.step,
-                               lambda item, due, done: None, view, "interpolating")
+        yield from self._side_chain(session, gen, model, chunks, k, t, view, f"{k} mixes", "interpolating")
 
     def save_image(self, session: Session, show_x0):
         """The current image (x_t, or predicted x_0) as a PNG at model resolution."""

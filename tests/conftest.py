@@ -40,3 +40,20 @@ def online(monkeypatch):
     """Downloads allowed, whatever the environment says (the servers are loopback)."""
     for var in ("HF_HUB_OFFLINE", "DDPM_JAX_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def highest_precision():
+    """Matmuls and convolutions at full float32 precision, for parity against PyTorch."""
+    old = jax.config.jax_default_matmul_precision
+    jax.config.update("jax_default_matmul_precision", "highest")
+    yield
+    jax.config.update("jax_default_matmul_precision", old)
+
+
+@pytest.fixture(scope="module")
+def demo_models(tmp_path_factory):
+    """The demo's model registry over the tiny model (and a choice that cannot load)."""
+    from .helpers import make_tiny_model, tiny_models
+
+    return tiny_models(make_tiny_model(tmp_path_factory.mktemp("demo") / "tiny.safetensors"))

@@ -81,6 +81,13 @@ def serving(models, max_upload_mb=10, **kwargs):
         app.close()
 
 
+def demo_client(url):
+    """A gradio_client session of the served demo (each Client is its own tab)."""
+    import gradio_client
+
+    return gradio_client.Client(url, verbose=False, download_files=True)
+
+
 def save_diffusers_folder(model, folder, *, safe=True, variance="fixed_small", num_train_timesteps=1000):
     """A diffusers UNet2DModel saved with a DDPMScheduler config beside it."""
     from diffusers import DDPMScheduler

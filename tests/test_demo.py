@@ -16,7 +16,7 @@ from ddpm_jax.demo.handlers import Demo
 from ddpm_jax.demo.models import Models, ModelUnavailable
 from ddpm_jax.demo.state import Session, Trajectory, parse_int
 
-from .helpers import CHUNK, ONE_LEVEL_UNET, T, make_tiny_model, serving, tiny_models
+from .helpers import CHUNK, ONE_LEVEL_UNET, T, demo_client, make_tiny_model, serving, tiny_models
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -32,10 +32,6 @@ def model_path(tmp_path_factory):
 def url(model_path):
     with serving(tiny_models(model_path)) as url:
         yield url
-
-
-def client(url):
-    return gradio_client.Client(url, verbose=False, download_files=True)
 
 
 def pixels(path) -> np.ndarray:
@@ -60,7 +56,7 @@ def check_view(out, step):
 
 
 def test_reset_denoise_diffuse(url):
-    c = client(url)
+    c = demo_client(url)
     check_view(c.predict("tiny", False, 3, 1, api_name="/reset"), T)
     out = c.predict(7, False, True, api_name="/denoise")
     assert "7 steps" in check_view(out, T - 7) and "7 / 7 steps" in out[4]  # the progress bar
@@ -71,7 +67,7 @@ def test_reset_denoise_diffuse(url):
 
 
 def test_same_seed_same_chain_whatever_the_split(url):
-    a, b = client(url), client(url)
+    a, b = demo_client(url), demo_client(url)
     a.predict("tiny", False, 5, 1, api_name="/reset")
     b.predict("tiny", False, 5, 1, api_name="/reset")
     one = a.predict(T, False, True, api_name="/denoise")
@@ -95,7 +91,7 @@ BAD = [
 
 
 def test_bad_input_gives_a_message_and_keeps_the_state(url):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 1, 1, api_name="/reset")
     before = c.predict(10, False, True, api_name="/denoise")
     for endpoint, args, fragment in BAD:
@@ -112,7 +108,7 @@ def test_bad_input_gives_a_message_and_keeps_the_state(url):
 
 
 def test_denoise_at_zero_and_diffuse_at_T_are_refused(url):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 2, 1, api_name="/reset")
     out = c.predict(1, False, api_name="/diffuse")
     assert "nothing to diffuse at step T=40" in out[2] and out[1] == T
@@ -124,7 +120,7 @@ def test_denoise_at_zero_and_diffuse_at_T_are_refused(url):
 
 
 def test_unavailable_model_leaves_the_page_usable(url):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 4, 1, api_name="/reset")
     c.predict(3, False, True, api_name="/denoise")
     for ema in (False, True):
@@ -137,7 +133,7 @@ def test_unavailable_model_leaves_the_page_usable(url):
 
 
 def test_two_clients_at_once_keep_their_own_state(url):
-    a, b = client(url), client(url)
+    a, b = demo_client(url), demo_client(url)
     a.predict("tiny", False, 1, 1, api_name="/reset")
     b.predict("tiny", False, 2, 2, api_name="/reset")
     jobs = [a.submit(T - 10, False, True, api_name="/denoise"),
@@ -152,7 +148,7 @@ def test_two_clients_at_once_keep_their_own_state(url):
 
 
 def test_upload_diffuse_and_denoise_back(url, tmp_path):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 0, 1, api_name="/reset")
     pic = np.zeros((32, 48, 3), np.uint8)
     pic[:, 8:24] = 255  # a white square after the center crop to 32x32
@@ -168,7 +164,7 @@ def test_upload_diffuse_and_denoise_back(url, tmp_path):
 
 
 def test_branch_shows_x_t_and_k_continuations(url):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 0, 1, api_name="/reset")
     c.predict(20, False, True, api_name="/denoise")
     img, status, bar = c.predict(3, True, api_name="/branch")

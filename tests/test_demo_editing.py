@@ -13,7 +13,7 @@ from ddpm_jax.inpainting import jump_schedule
 from ddpm_jax.demo.handlers import Demo
 from ddpm_jax.demo.state import Session
 
-from .helpers import ONE_LEVEL_UNET, T, make_tiny_model, serving, tiny_models
+from .helpers import ONE_LEVEL_UNET, T, demo_client, serving
 
 gradio_client = pytest.importorskip("gradio_client")
 SCALE = render.display_scale(ONE_LEVEL_UNET.resolution)  # 8x8 shown at 256x256
@@ -21,18 +21,9 @@ R = ONE_LEVEL_UNET.resolution
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return tiny_models(make_tiny_model(tmp_path_factory.mktemp("editing") / "tiny.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def url(models):
-    with serving(models, min_interval=0.0) as url:
+def url(demo_models):
+    with serving(demo_models, min_interval=0.0) as url:
         yield url
-
-
-def client(url):
-    return gradio_client.Client(url, verbose=False, download_files=True)
 
 
 def tiles(path, n) -> np.ndarray:
@@ -47,13 +38,11 @@ def painted_layer(tmp_path, size, cols) -> str:
     """An RGBA layer of the editor with columns `cols` (model pixels) painted."""
     layer = np.zeros((size, size, 4), np.uint8)
     layer[:, cols.start * SCALE: cols.stop * SCALE] = (255, 48, 48, 255)
-    path = tmp_path / f"layer_{cols.start}_{cols.stop}.png"
-    Image.fromarray(layer).save(path)
-    return str(path)
+    return _save(tmp_path / f"layer_{cols.start}_{cols.stop}.png", layer)
 
 
 def test_inpaint_fills_the_painted_part_and_keeps_the_rest(url, tmp_path):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 0, 2, api_name="/reset")
     before = c.predict(T, False, True, api_name="/denoise")
     picture = tiles(before[0], 2)[0]  # sample 0, uint8
@@ -85,7 +74,7 @@ BAD_EDITS = [
 
 
 def test_bad_edits_get_a_message_and_change_nothing(url, tmp_path):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 4, 1, api_name="/reset")
     before = c.predict(T, False, True, api_name="/denoise")
     edited, _ = c.predict(api_name="/to_editor")
@@ -124,7 +113,7 @@ def _save(path, array) -> str:
 
 
 def test_interpolate_sample_0_and_another_seed(url, tmp_path):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 5, 1, api_name="/reset")
     before = c.predict(T, False, True, api_name="/denoise")
     strip, status, bar = c.predict("sample 0", None, "another seed", None, 9, 20, 4, True, api_name="/interpolate")
@@ -144,8 +133,8 @@ def test_interpolate_sample_0_and_another_seed(url, tmp_path):
         assert status.startswith("⚠️") and fragment in status, (args, status)
 
 
-def test_stop_during_inpainting_leaves_the_session_as_it_was(models):
-    demo, s = Demo(models, "tiny", min_interval=0.0), Session()
+def test_stop_during_inpainting_leaves_the_session_as_it_was(demo_models):
+    demo, s = Demo(demo_models, "tiny", min_interval=0.0), Session()
     list(demo.reset(s, "tiny", False, 0, 1))
     list(demo.denoise(s, T, False, True))
     x_before = np.asarray(s.x)

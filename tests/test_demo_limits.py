@@ -17,24 +17,15 @@ from ddpm_jax.demo.app import build_app
 from ddpm_jax.demo.handlers import Demo
 from ddpm_jax.demo.state import Session, Trajectory
 
-from .helpers import T, make_tiny_model, serving, tiny_models
+from .helpers import T, demo_client, serving
 
 gradio_client = pytest.importorskip("gradio_client")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return tiny_models(make_tiny_model(tmp_path_factory.mktemp("limits") / "tiny.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def url(models):
-    with serving(models, max_upload_mb=0.05) as url:
+def url(demo_models):
+    with serving(demo_models, max_upload_mb=0.05) as url:
         yield url
-
-
-def client(url):
-    return gradio_client.Client(url, verbose=False, download_files=True)
 
 
 WRONG_TYPES = [
@@ -51,7 +42,7 @@ WRONG_TYPES = [
 
 
 def test_wrong_types_get_the_pages_message_and_no_traceback(url, caplog):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 1, 1, api_name="/reset")
     before = c.predict(4, False, True, api_name="/denoise")
     with caplog.at_level(logging.WARNING):
@@ -63,11 +54,11 @@ def test_wrong_types_get_the_pages_message_and_no_traceback(url, caplog):
     assert c.predict(False, api_name="/view")[1] == before[1] == T - 4
 
 
-def test_served_downloads_do_not_pile_up(models, tmp_path, monkeypatch):
+def test_served_downloads_do_not_pile_up(demo_models, tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     monkeypatch.setattr(handlers_mod, "DOWNLOAD_TTL_S", 0)  # every older file is stale at the next download
-    with serving(models) as url:
-        c = client(url)
+    with serving(demo_models) as url:
+        c = demo_client(url)
         c.predict("tiny", False, 0, 1, api_name="/reset")
         c.predict(T, False, True, api_name="/denoise")
         for _ in range(3):
@@ -77,9 +68,9 @@ def test_served_downloads_do_not_pile_up(models, tmp_path, monkeypatch):
         assert len(list(ours.iterdir())) == 1  # the newest only
 
 
-def test_the_download_folder_goes_at_close_and_a_closed_tab_takes_its_files(models, tmp_path, monkeypatch):
+def test_the_download_folder_goes_at_close_and_a_closed_tab_takes_its_files(demo_models, tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    demo, s = Demo(models, "tiny"), Session()
+    demo, s = Demo(demo_models, "tiny"), Session()
     list(demo.reset(s, "tiny", False, 0, 1))
     path = demo.save_image(s, False).download
     assert Image.open(path).size == (8, 8) and s.downloads
@@ -104,9 +95,9 @@ def test_gif_is_bounded_by_its_enlarged_size():
     assert scale == 1 and len(kept) == 2
 
 
-def test_save_gif_memory_stays_within_the_budget(models, monkeypatch):
+def test_save_gif_memory_stays_within_the_budget(demo_models, monkeypatch):
     monkeypatch.setattr(handlers_mod, "GIF_BUDGET_BYTES", 4 * 2**20)
-    demo, s = Demo(models, "tiny"), Session()
+    demo, s = Demo(demo_models, "tiny"), Session()
     list(demo.reset(s, "tiny", False, 0, 16))  # a 4x4 grid of 8x8 samples: 42x42 frames
     s.trajectory = Trajectory(budget_bytes=2**30, max_frames=10**6)
     for i in range(4000):
@@ -129,7 +120,7 @@ def test_trajectory_caps_its_frame_count():
 
 
 def test_an_upload_over_the_limit_is_refused(url, tmp_path):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 0, 1, api_name="/reset")
     noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), np.uint8)  # ~190 kB as PNG, limit 50 kB
     Image.fromarray(noise).save(tmp_path / "big.png")
@@ -138,8 +129,8 @@ def test_an_upload_over_the_limit_is_refused(url, tmp_path):
     assert c.predict(False, api_name="/view")[1] == T  # nothing changed
 
 
-def test_the_queue_is_bounded(models):
-    app = build_app(models, "tiny", queue_size=3)
+def test_the_queue_is_bounded(demo_models):
+    app = build_app(demo_models, "tiny", queue_size=3)
     assert app._queue.max_size == 3
 
 
@@ -156,7 +147,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 def test_uploads_load_at_their_bit_depth_and_bad_files_get_a_message(url, tmp_path):
-    c = client(url)
+    c = demo_client(url)
     c.predict("tiny", False, 0, 1, api_name="/reset")
     pic = np.zeros((8, 8), np.uint16)
     pic[:, 4:] = 49152  # 3/4 of 16-bit white: x_0 = 0.5 on the right, -1 on the left

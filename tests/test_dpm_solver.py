@@ -40,12 +40,7 @@ UNET = ONE_LEVEL_UNET
 SHAPE = (UNET.resolution, UNET.resolution, UNET.in_channels)
 
 
-@pytest.fixture(autouse=True)
-def highest_precision():
-    old = jax.config.jax_default_matmul_precision
-    jax.config.update("jax_default_matmul_precision", "highest")
-    yield
-    jax.config.update("jax_default_matmul_precision", old)
+pytestmark = pytest.mark.usefixtures("highest_precision")  # parity at float32's own precision
 
 
 @pytest.fixture(scope="module")

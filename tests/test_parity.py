@@ -41,12 +41,7 @@ TIMESTEPS = (0, 17, 500, 999)
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def highest_precision():
-    old = jax.config.jax_default_matmul_precision
-    jax.config.update("jax_default_matmul_precision", "highest")
-    yield
-    jax.config.update("jax_default_matmul_precision", old)
+pytestmark = pytest.mark.usefixtures("highest_precision")  # parity at float32's own precision
 
 
 def converted_both_ways(model, config):
