@@ -54,8 +54,8 @@ class Source:
 
 
 def _safetensors_kind(path: Path) -> str:
-    """'params' for ddpm_jax params, 'port' for another safetensors file; a
-    diffusers weights file is refused (its config sits in the folder)."""
+    """'params' for ddpm_jax params, 'port' for one holding the port's keys; a
+    diffusers weights file (its config sits in the folder) or any other file is refused."""
     try:
         with safe_open(path, framework="numpy") as f:
             if (f.metadata() or {}).get("format") == FORMAT:
@@ -69,6 +69,12 @@ def _safetensors_kind(path: Path) -> str:
     if "time_embedding.linear_1.weight" in keys:
         raise ValueError(f"{path} holds diffusers' UNet2DModel weights: pass the folder holding it and its "
                          "config.json instead")
+    if "temb.dense.0.weight" not in keys:
+        raise ValueError(
+            f"{path} is a safetensors file but not ddpm_jax params (no format {FORMAT!r} metadata) and not "
+            "the port's UNet state_dict (no 'temb.dense.0.weight'); convert a PyTorch or diffusers "
+            "checkpoint with `ddpm-jax convert` first"
+        )
     return "port"
 
 
