@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import warnings
 from functools import partial
 from typing import Callable, Iterator, NamedTuple
 
@@ -16,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from . import images
+from . import cpu_flags, images
 from .coefficients import make_coefficients
 from .diffusion import ddim_step, denoising_step
 from .config import DiffusionConfig, UNetConfig
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
+from .ops import CONVS, PRECISIONS, choose_ops
 from .sharding import replicate, shard_batch
-from .unet import UNet
+from .unet import UNet, layout_params
 from .weights import check_params, flatten_params, save_weights
 
 
@@ -41,7 +43,7 @@ class Step(NamedTuple):
 
 Callback = Callable[[Step], None]
 SAMPLERS = ("ddpm", "ddim")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16")  # the deprecated `dtype` argument's values
 
 
 def as_key(key) -> jax.Array:
@@ -54,7 +56,8 @@ def as_key(key) -> jax.Array:
 
 
 def _apply_unet(model: UNet, dtype, params, x, t):
-    """The UNet in `dtype` (params already cast), eps back in float32."""
+    """The UNet on x cast to `dtype` (its activations' dtype; run params
+    already laid out), eps back in float32."""
     return model.apply({"params": params}, x.astype(dtype), t).astype(jnp.float32)
 
 
@@ -89,22 +92,45 @@ class Diffusion:
     evenly spread; `sampler` "ddpm" (Alg. 2 on the respaced process) or
     "ddim" (eq. 12, `eta` 0 deterministic). `num_timesteps` is then `steps`,
     and `curr_step` counts along the respaced chain.
+
+    `precision` is how the UNet computes (the step math stays float32):
+    "float32"; "bfloat16", everything in bfloat16; "mixed_bf16", bfloat16
+    operands with float32 accumulation in every conv and matmul, the rest
+    float32 (see `ops.Ops`). `conv` "auto" runs the 3x3 convolutions as
+    Winograd on the CPU backend (float32 and mixed_bf16) and as XLA's
+    convolution elsewhere; "xla" and "winograd" force one. Either way the
+    params are the same; only `run_params` are laid out differently. For the
+    fast CPU path's XLA flags see `ddpm_jax.cpu_flags`. (`dtype` is the old
+    name of `precision` for float32/bfloat16.)
     """
 
     def __init__(self, diffusion_config: DiffusionConfig, unet_config: UNetConfig,
                  params: dict, *, chunk_size: int = 10, steps: int | None = None,
-                 sampler: str = "ddpm", eta: float = 0.0, dtype: str = "float32",
-                 mesh: Mesh | None = None):
+                 sampler: str = "ddpm", eta: float = 0.0, precision: str = "float32",
+                 conv: str = "auto", mesh: Mesh | None = None, dtype: str | None = None):
         check_params(flatten_params(params), unet_config)
-        if str(dtype) not in DTYPES:
-            raise ValueError(f"unsupported dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        if dtype is not None:
+            if str(dtype) not in DTYPES:
+                raise ValueError(f"unsupported dtype {dtype!r}; valid: {', '.join(DTYPES)} "
+                                 f"(or precision=one of {', '.join(PRECISIONS)})")
+            warnings.warn("Diffusion(dtype=...) is now precision=...", DeprecationWarning, stacklevel=2)
+            precision = str(dtype)
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if conv not in CONVS:
+            raise ValueError(f"unknown conv {conv!r}; valid: {', '.join(CONVS)}")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         self.diffusion_config = diffusion_config
         self.unet_config = unet_config
-        self.model = UNet(unet_config)
+        self.precision, self.conv = precision, conv
+        backend = jax.default_backend()
+        ops = choose_ops(precision, conv, backend)
+        if ops.winograd and backend == "cpu":
+            cpu_flags.warn_if_missing()
+        self.model = UNet(unet_config, ops)
         self.params = jax.tree.map(jnp.asarray, params)
-        self.dtype = jnp.dtype(str(dtype))
+        self.dtype = jnp.dtype(PRECISIONS[precision].activations)
         self.mesh = mesh
         self.run_params = self._prepare(self.params)
         T = diffusion_config.num_diffusion_timesteps
@@ -122,9 +148,10 @@ class Diffusion:
         self._diffuse_chunk = jax.jit(partial(diffuse_chunk, chunk=self.chunk_size))
 
     def _prepare(self, params):
-        """Params as the UNet runs them: cast once to `dtype` (the step math
-        stays float32), replicated over the mesh if there is one."""
-        run = jax.tree.map(lambda a: jnp.asarray(a).astype(self.dtype), params)
+        """Params as the UNet runs them: Winograd kernels transformed and
+        every leaf cast once for `precision`, replicated over the mesh if
+        there is one."""
+        run = PRECISIONS[self.precision].cast(layout_params(self.unet_config, self.model.ops, params))
         return run if self.mesh is None else replicate(run, self.mesh)
 
     def with_params(self, params) -> "Diffusion":
@@ -137,15 +164,19 @@ class Diffusion:
         new.run_params = new._prepare(new.params)
         return new
 
-    def eps(self, x, t) -> jax.Array:
-        """eps_theta(x_t, t) with this model's params and dtype: x (n, H, W, C)
-        float32, t int32 (n,) model timesteps; float32 out. Traceable (jit it)."""
-        return _apply_unet(self.model, self.dtype, self.run_params, x, t)
+    def eps(self, x, t, params=None) -> jax.Array:
+        """eps_theta(x_t, t) with this model's run params (or `params`, run
+        params of this model, say as an argument of a jitted function so they
+        are not baked in as constants) and precision: x (n, H, W, C) float32,
+        t int32 (n,) model timesteps; float32 out. Traceable (jit it)."""
+        return _apply_unet(self.model, self.dtype, self.run_params if params is None else params, x, t)
 
     def respaced(self, steps: int, sampler: str = "ddpm", eta: float = 0.0, **kwargs) -> "Diffusion":
         """The same model sampling a chain of `steps` steps (strided DDPM or DDIM)."""
         kwargs.setdefault("chunk_size", self.chunk_size)
-        kwargs.setdefault("dtype", str(self.dtype))
+        if "dtype" not in kwargs:
+            kwargs.setdefault("precision", self.precision)
+        kwargs.setdefault("conv", self.conv)
         kwargs.setdefault("mesh", self.mesh)
         return Diffusion(self.diffusion_config, self.unet_config, self.params,
                          steps=steps, sampler=sampler, eta=eta, **kwargs)
