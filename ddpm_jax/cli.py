@@ -75,6 +75,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv=None) -> int:
+    from .cpu_flags import use_cpu_flags
+
+    use_cpu_flags()  # before any subcommand starts JAX's backend
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("jax").setLevel(logging.WARNING)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from . import images
+from . import cpu_flags, images
 from .checks import check_float, check_int as _check_int
 from .coefficients import make_coefficients
 from .diffusion import ddim_step, denoising_step, dpm_solver_pp_step
@@ -26,8 +26,9 @@ from .interpolation import check_lambdas, lerp, slerp
 from .memory import check_batch
 from .likelihood import Bound, bound_chunk, grid_images, variational_bound
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
+from .ops import CONVS, PRECISIONS, choose_ops
 from .sharding import replicate, shard_batch
-from .unet import UNet
+from .unet import UNet, layout_params
 from .weights import check_params, flatten_params, save_weights
 
 
@@ -48,7 +49,6 @@ class Step(NamedTuple):
 
 Callback = Callable[[Step], None]
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde")
-DTYPES = ("float32", "bfloat16")
 
 
 # Seeds are ints in [0, 2**64): the two 32-bit words of a threefry key. Seeds
@@ -82,7 +82,8 @@ def _reverse_step(sampler: str, eta: float):
 
 
 def _apply_unet(model: UNet, dtype, params, x, t):
-    """The UNet in `dtype` (params already cast), eps back in float32."""
+    """The UNet on x cast to `dtype` (its activations' dtype; run params
+    already laid out), eps back in float32."""
     return model.apply({"params": params}, x.astype(dtype), t).astype(jnp.float32)
 
 
@@ -136,24 +137,39 @@ class Diffusion:
     `steps` in [1, T-1] and visit diffusers' linspace timesteps. They are
     multistep: each step also uses the previous step's pred_x0, so to resume
     such a chain pass the `Step`'s pred_x0 back (see `denoise_steps`).
+
+    `precision` is how the UNet computes (the step math stays float32):
+    "float32"; "bfloat16", everything in bfloat16; "mixed_bf16", bfloat16
+    operands with float32 accumulation in every conv and matmul, the rest
+    float32 (see `ops.Ops`). `conv` "auto" runs the 3x3 convolutions as
+    Winograd on the CPU backend (float32 and mixed_bf16) and as XLA's
+    convolution elsewhere; "xla" and "winograd" force one. Either way the
+    params are the same; only `run_params` are laid out differently. For the
+    fast CPU path's XLA flags see `ddpm_jax.cpu_flags`.
     """
 
     def __init__(self, diffusion_config: DiffusionConfig, unet_config: UNetConfig,
                  params: dict, *, chunk_size: int = 10, steps: int | None = None,
-                 sampler: str = "ddpm", eta: float = 0.0, dtype: str = "float32",
-                 mesh: Mesh | None = None):
+                 sampler: str = "ddpm", eta: float = 0.0, precision: str = "float32",
+                 conv: str = "auto", mesh: Mesh | None = None):
         check_params(flatten_params(params), unet_config)
-        if str(dtype) not in DTYPES:
-            raise ValueError(f"unsupported dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if conv not in CONVS:
+            raise ValueError(f"unknown conv {conv!r}; valid: {', '.join(CONVS)}")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         self.diffusion_config = diffusion_config
         self.unet_config = unet_config
-        self.model = UNet(unet_config)
+        self.precision, self.conv = precision, conv
+        backend = jax.default_backend()
+        self.model = UNet(unet_config, choose_ops(precision, conv, backend))
         self.params = jax.tree.map(jnp.asarray, params)
-        self.dtype = jnp.dtype(str(dtype))
+        self.dtype = jnp.dtype(PRECISIONS[precision].activations)
         self.mesh = mesh
         self.run_params = self._prepare(self.params)
+        if backend == "cpu" and any(a.ndim == 4 and a.shape[0] != 3 for a in jax.tree.leaves(self.run_params)):
+            cpu_flags.warn_if_missing()  # some conv runs as Winograd
         T = diffusion_config.num_diffusion_timesteps
         step_fn, multistep = _reverse_step(sampler, float(eta))
         if multistep:
@@ -176,9 +192,10 @@ class Diffusion:
         self._bound_chunk = jax.jit(partial(bound_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip")
 
     def _prepare(self, params):
-        """Params as the UNet runs them: cast once to `dtype` (the step math
-        stays float32), replicated over the mesh if there is one."""
-        run = jax.tree.map(lambda a: jnp.asarray(a).astype(self.dtype), params)
+        """Params as the UNet runs them: Winograd kernels transformed and
+        every leaf cast once for `precision`, replicated over the mesh if
+        there is one."""
+        run = PRECISIONS[self.precision].cast(layout_params(self.unet_config, self.model.ops, params))
         return run if self.mesh is None else replicate(run, self.mesh)
 
     def with_params(self, params) -> "Diffusion":
@@ -191,15 +208,18 @@ class Diffusion:
         new.run_params = new._prepare(new.params)
         return new
 
-    def eps(self, x, t) -> jax.Array:
-        """eps_theta(x_t, t) with this model's params and dtype: x (n, H, W, C)
-        float32, t int32 (n,) model timesteps; float32 out. Traceable (jit it)."""
-        return _apply_unet(self.model, self.dtype, self.run_params, x, t)
+    def eps(self, x, t, params=None) -> jax.Array:
+        """eps_theta(x_t, t) with this model's run params (or `params`, run
+        params of this model, say as an argument of a jitted function so they
+        are not baked in as constants) and precision: x (n, H, W, C) float32,
+        t int32 (n,) model timesteps; float32 out. Traceable (jit it)."""
+        return _apply_unet(self.model, self.dtype, self.run_params if params is None else params, x, t)
 
     def respaced(self, steps: int | None, sampler: str = "ddpm", eta: float = 0.0, **kwargs) -> "Diffusion":
         """The same model sampling a chain of `steps` steps (strided DDPM, DDIM or DPM-Solver++)."""
         kwargs.setdefault("chunk_size", self.chunk_size)
-        kwargs.setdefault("dtype", str(self.dtype))
+        kwargs.setdefault("precision", self.precision)
+        kwargs.setdefault("conv", self.conv)
         kwargs.setdefault("mesh", self.mesh)
         return Diffusion(self.diffusion_config, self.unet_config, self.params,
                          steps=steps, sampler=sampler, eta=eta, **kwargs)

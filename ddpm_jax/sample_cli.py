@@ -3,7 +3,7 @@
 Sample i is written to {out}/{i:05}.png (or batches to .npz files) and
 depends only on (seed, i): not on the batch size, the number of devices or
 processes. The folder's `manifest.json` records what it holds (model and a
-digest of its params, seed, sampler, steps, eta, n, file format and, for
+digest of its params, seed, sampler, steps, eta, precision, n, file format and, for
 npz, the batch size); a run into a folder that holds another run is refused
 with what differs, and a run into the same one resumes: batches already on
 disk are checked (a torn file does not count) and skipped.
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .ops import PRECISIONS
 from .pipeline import SAMPLERS
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ def add_arguments(p):
                    help="ddpm: Alg. 2 (strided when --steps < T); ddim: Song et al. eq. 12; "
                         "dpmpp_2m(_sde): DPM-Solver++(2M) (Lu et al. 2022), --steps < T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM's eta (0: deterministic)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="float32",
+                   help="how the UNet computes: float32; bfloat16; mixed_bf16 (bfloat16 operands, "
+                        "float32 accumulation; see bench/precision.py for how far it moves the samples)")
     p.add_argument("--batch", type=int, default=64, help="samples per batch (all devices together)")
     p.add_argument("--format", choices=("png", "npz"), default="png",
                    help="png: one file per sample; npz: one uint8 array file per batch")
@@ -137,6 +141,7 @@ def manifest(args, model, n: int, batch: int) -> dict:
         "sampler": model.sampler,
         "steps": model.num_timesteps,
         "eta": model.eta if model.sampler == "ddim" else None,
+        "precision": model.precision,
         "n": n,
         "file_format": args.format,
         "batch": batch if args.format == "npz" else None,  # the npz shard layout
@@ -198,7 +203,7 @@ def run(args) -> int:
     enable_compilation_cache()
     rank, world = jax.process_index(), jax.process_count()
     mesh = data_mesh() if jax.local_device_count() > 1 else None
-    model = Diffusion.from_pretrained(args.model, mesh=mesh)
+    model = Diffusion.from_pretrained(args.model, mesh=mesh, precision=args.precision)
     if args.steps is not None or args.sampler != "ddpm":
         model = model.respaced(args.steps, args.sampler, args.eta)
     T, devices = model.num_timesteps, jax.local_device_count()

@@ -4,6 +4,10 @@ Module names follow the TensorFlow release's scopes (`temb`, `down_{i}`,
 `block_{j}`, `attn_{j}`, `mid`, `up_{i}`, `nin_shortcut`, `norm_out`) so the
 PyTorch checkpoints map onto the params by a short table. 1x1 convolutions
 (attention q/k/v/proj_out, nin_shortcut) are Dense layers over channels.
+
+Every module takes `ops` (see `ops.py`): how its convolutions and matmuls are
+computed. The default is XLA's convolution in the params' dtype; the params'
+names and shapes never depend on it.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from . import winograd
 from .config import UNetConfig
+from .ops import Ops
 
 
 def timestep_embedding(t: jax.Array, dim: int, dtype=jnp.float32) -> jax.Array:
@@ -32,62 +39,90 @@ def _norm(name: str) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False, name=name)
 
 
-def _conv3x3(features: int, name: str, stride: int = 1, padding=((1, 1), (1, 1))) -> nn.Conv:
-    return nn.Conv(features, (3, 3), strides=(stride, stride), padding=padding, name=name)
+class Conv3x3(nn.Module):
+    """nn.Conv with a 3x3 kernel and its params: `kernel` (3, 3, I, O) HWIO, `bias` (O,).
+
+    Where `ops` runs it as Winograd F(m x m, 3x3), the run params hold the
+    kernel transformed at load, (m+2, m+2, I, O).
+    """
+
+    features: int
+    stride: int = 1
+    padding: tuple = ((1, 1), (1, 1))
+    ops: Ops = Ops()
+
+    @nn.compact
+    def __call__(self, x):
+        m = self.ops.winograd_tile(x.shape, self.features, self.stride)
+        kernel = self.param("kernel", self.ops.kernel_init(m), (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return self.ops.conv3x3(x, kernel, bias, m, self.stride, self.padding)
+
+
+def _dense(features: int, name: str, ops: Ops) -> nn.Dense:
+    return nn.Dense(features, name=name, dot_general=ops.dot_general, promote_dtype=ops.promote)
 
 
 class ResnetBlock(nn.Module):
     out_ch: int
     dropout: float
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, x, temb, train: bool):
-        h = _conv3x3(self.out_ch, "conv1")(nn.swish(_norm("norm1")(x)))
-        h = h + nn.Dense(self.out_ch, name="temb_proj")(nn.swish(temb))[:, None, None, :]
+        h = Conv3x3(self.out_ch, ops=self.ops, name="conv1")(nn.swish(_norm("norm1")(x)))
+        h = h + _dense(self.out_ch, "temb_proj", self.ops)(nn.swish(temb))[:, None, None, :]
         h = nn.swish(_norm("norm2")(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = _conv3x3(self.out_ch, "conv2")(h)
+        h = Conv3x3(self.out_ch, ops=self.ops, name="conv2")(h)
         if x.shape[-1] != self.out_ch:
-            x = nn.Dense(self.out_ch, name="nin_shortcut")(x)
+            x = _dense(self.out_ch, "nin_shortcut", self.ops)(x)
         return x + h
 
 
 class AttnBlock(nn.Module):
     """Single-head self-attention over all H*W positions, residual."""
 
+    ops: Ops = Ops()
+
     @nn.compact
     def __call__(self, x):
         n, hgt, wid, c = x.shape
         h = _norm("norm")(x)
-        q = nn.Dense(c, name="q")(h).reshape(n, hgt * wid, c)
-        k = nn.Dense(c, name="k")(h).reshape(n, hgt * wid, c)
-        v = nn.Dense(c, name="v")(h).reshape(n, hgt * wid, c)
-        w = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k) * c**-0.5, axis=-1)
-        h = jnp.einsum("bij,bjc->bic", w, v).reshape(n, hgt, wid, c)
-        return x + nn.Dense(c, name="proj_out")(h)
+        q = _dense(c, "q", self.ops)(h).reshape(n, hgt * wid, c)
+        k = _dense(c, "k", self.ops)(h).reshape(n, hgt * wid, c)
+        v = _dense(c, "v", self.ops)(h).reshape(n, hgt * wid, c)
+        w = jax.nn.softmax(self.ops.einsum("bic,bjc->bij", q, k) * c**-0.5, axis=-1)
+        h = self.ops.einsum("bij,bjc->bic", w, v).reshape(n, hgt, wid, c)
+        return x + _dense(c, "proj_out", self.ops)(h)
 
 
 class Downsample(nn.Module):
+    ops: Ops = Ops()
+
     @nn.compact
     def __call__(self, x):
         # TF "SAME" for stride 2: pad 0 before and 1 after on H and W.
-        return _conv3x3(x.shape[-1], "conv", stride=2, padding=((0, 1), (0, 1)))(x)
+        return Conv3x3(x.shape[-1], 2, ((0, 1), (0, 1)), self.ops, name="conv")(x)
 
 
 class Upsample(nn.Module):
+    ops: Ops = Ops()
+
     @nn.compact
     def __call__(self, x):
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return _conv3x3(x.shape[-1], "conv")(x)
+        return Conv3x3(x.shape[-1], ops=self.ops, name="conv")(x)
 
 
 class TimestepEmbed(nn.Module):
     ch: int
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, t, dtype):
-        emb = nn.Dense(4 * self.ch, name="dense_0")(timestep_embedding(t, self.ch, dtype))
-        return nn.Dense(4 * self.ch, name="dense_1")(nn.swish(emb))
+        emb = _dense(4 * self.ch, "dense_0", self.ops)(timestep_embedding(t, self.ch, dtype))
+        return _dense(4 * self.ch, "dense_1", self.ops)(nn.swish(emb))
 
 
 class DownLevel(nn.Module):
@@ -95,19 +130,20 @@ class DownLevel(nn.Module):
 
     config: UNetConfig
     level: int
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, h, temb, train: bool):
-        cfg = self.config
+        cfg, ops = self.config, self.ops
         out_ch = cfg.ch * cfg.ch_mult[self.level]
         skips = []
         for j in range(cfg.num_res_blocks):
-            h = ResnetBlock(out_ch, cfg.dropout, name=f"block_{j}")(h, temb, train)
+            h = ResnetBlock(out_ch, cfg.dropout, ops, name=f"block_{j}")(h, temb, train)
             if h.shape[1] in cfg.attn_resolutions:
-                h = AttnBlock(name=f"attn_{j}")(h)
+                h = AttnBlock(ops, name=f"attn_{j}")(h)
             skips.append(h)
         if self.level != len(cfg.ch_mult) - 1:
-            h = Downsample(name="downsample")(h)
+            h = Downsample(ops, name="downsample")(h)
             skips.append(h)
         return h, skips
 
@@ -117,58 +153,61 @@ class UpLevel(nn.Module):
 
     config: UNetConfig
     level: int
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, h, skips, temb, train: bool):
-        cfg = self.config
+        cfg, ops = self.config, self.ops
         out_ch = cfg.ch * cfg.ch_mult[self.level]
         for j, skip in enumerate(reversed(skips)):
             h = jnp.concatenate([h, skip], axis=-1)
-            h = ResnetBlock(out_ch, cfg.dropout, name=f"block_{j}")(h, temb, train)
+            h = ResnetBlock(out_ch, cfg.dropout, ops, name=f"block_{j}")(h, temb, train)
             if h.shape[1] in cfg.attn_resolutions:
-                h = AttnBlock(name=f"attn_{j}")(h)
+                h = AttnBlock(ops, name=f"attn_{j}")(h)
         if self.level != 0:
-            h = Upsample(name="upsample")(h)
+            h = Upsample(ops, name="upsample")(h)
         return h
 
 
 class Mid(nn.Module):
     config: UNetConfig
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, h, temb, train: bool):
-        c, p = h.shape[-1], self.config.dropout
-        h = ResnetBlock(c, p, name="block_1")(h, temb, train)
-        h = AttnBlock(name="attn_1")(h)
-        return ResnetBlock(c, p, name="block_2")(h, temb, train)
+        c, p, ops = h.shape[-1], self.config.dropout, self.ops
+        h = ResnetBlock(c, p, ops, name="block_1")(h, temb, train)
+        h = AttnBlock(ops, name="attn_1")(h)
+        return ResnetBlock(c, p, ops, name="block_2")(h, temb, train)
 
 
 class UNet(nn.Module):
     """eps_theta(x_t, t): x NHWC float32 in [-1, 1], t int32 (n,) -> eps, NHWC.
 
-    Dropout is active only with `train=True` (needs a 'dropout' rng). The
-    computation follows x's dtype: bfloat16 x with bfloat16 params runs in
-    bfloat16 throughout.
+    Dropout is active only with `train=True` (needs a 'dropout' rng). With
+    the default `ops` the computation follows x's dtype: bfloat16 x with
+    bfloat16 params runs in bfloat16 throughout.
     """
 
     config: UNetConfig
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, x, t, train: bool = False):
-        cfg = self.config
-        temb = TimestepEmbed(cfg.ch, name="temb")(t, x.dtype)
-        h = nn.Conv(cfg.ch, (3, 3), padding=((1, 1), (1, 1)), name="conv_in")(x)
+        cfg, ops = self.config, self.ops
+        temb = TimestepEmbed(cfg.ch, ops, name="temb")(t, x.dtype)
+        h = Conv3x3(cfg.ch, ops=ops, name="conv_in")(x)
         skips = [h]
         for i in range(len(cfg.ch_mult)):
-            h, level_skips = DownLevel(cfg, i, name=f"down_{i}")(h, temb, train)
+            h, level_skips = DownLevel(cfg, i, ops, name=f"down_{i}")(h, temb, train)
             skips += level_skips
-        h = Mid(cfg, name="mid")(h, temb, train)
+        h = Mid(cfg, ops, name="mid")(h, temb, train)
         per_level = cfg.num_res_blocks + 1
         for i in reversed(range(len(cfg.ch_mult))):
-            h = UpLevel(cfg, i, name=f"up_{i}")(h, skips[-per_level:], temb, train)
+            h = UpLevel(cfg, i, ops, name=f"up_{i}")(h, skips[-per_level:], temb, train)
             del skips[-per_level:]
         h = nn.swish(_norm("norm_out")(h))
-        return nn.Conv(cfg.out_ch, (3, 3), padding=((1, 1), (1, 1)), name="conv_out")(h)
+        return Conv3x3(cfg.out_ch, ops=ops, name="conv_out")(h)
 
 
 def init_params(config: UNetConfig, key: jax.Array) -> dict:
@@ -176,6 +215,22 @@ def init_params(config: UNetConfig, key: jax.Array) -> dict:
     x = jnp.zeros((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     return jax.jit(UNet(config).init)(key, x, t)["params"]
+
+
+def layout_params(config: UNetConfig, ops: Ops, params: dict) -> dict:
+    """`params` as UNet(config, ops) runs them: the kernel of each 3x3 conv that
+    `ops` runs as Winograd F(m x m, 3x3) transformed once (in float64, see
+    `winograd.transform_kernel`), every other leaf as it is."""
+    x = jax.ShapeDtypeStruct((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    shapes = jax.eval_shape(UNet(config, ops).init, jax.random.key(0), x, t)["params"]
+
+    def lay(a, want):
+        if a.shape == want.shape:
+            return a
+        return jnp.asarray(winograd.transform_kernel(np.asarray(a), want.shape[0] - 2))
+
+    return jax.tree.map(lay, params, shapes)
 
 
 def count_params(params) -> int:

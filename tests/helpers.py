@@ -37,6 +37,10 @@ RGB_UNET = UNetConfig(resolution=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, att
 # the converter's tables against a real PyTorch model.
 CONVERT_UNET = UNetConfig(resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2,
                           attn_resolutions=(8,), dropout=0.0)
+# The cifar10 preset's shape (32x32 RGB, four levels, attention at 16x16) with
+# few channels: every Winograd tile size of the fast CPU path, and quick.
+CIFAR_SHAPED_UNET = UNetConfig(resolution=32, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1,
+                               attn_resolutions=(16,), dropout=0.0)
 MINI_TRAIN = TrainConfig(learning_rate=1e-3, warmup_steps=20, ema_decay=0.99, batch_size=16,
                          random_flip=False, seed=0)
 

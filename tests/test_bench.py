@@ -1,10 +1,12 @@
 """Every benchmark script in its quickest mode on a tiny model: seconds each, so a
-refactor cannot silently break them. Their numbers are not checked, only that
-they run through the public API and report what they say they do."""
+refactor cannot silently break them. Their numbers are not checked (speed is
+never asserted), only that they run through the public API and report what
+they say they do."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,11 +27,15 @@ def tiny_path(tmp_path_factory):
     return str(path)
 
 
-def bench(script, *args, timeout=300) -> str:
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+def run(cmd, env=None, timeout=600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    return proc
+
+
+def bench(script, *args, timeout=300) -> str:
+    return run([sys.executable, ROOT / "bench" / script, *args], timeout=timeout).stdout
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["sampling", "training"])
@@ -50,3 +56,62 @@ def test_digits_quality(tiny_path, tmp_path):
     result = json.loads((tmp_path / "q.json").read_text())
     assert result["samples"]["n"] == 20 and 0 <= result["samples"]["confident"] <= 1
     assert result["heldout_real"]["n"] == 450 and "targets" in result and "held-out real digits" in out
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+
+
+def check_sampling_results(res, variants, preset="tiny"):
+    """The JSON of bench/sampling.py holds a sane measurement of every variant."""
+    assert res["machine"]["cpu_model"] == cpu_model()
+    assert res["skipped"] == [] and set(res["variants"]) == set(variants)
+    assert {r["variant"] for r in res["runs"]} == set(variants)
+    for r in res["runs"]:
+        assert r["preset"] == preset and r["batch"] == 1 and len(r["step_s"]) == 2
+        assert all(s > 0 for s in r["step_s"]) and r["peak_rss_mb"] > 0
+        if r["variant"].startswith("jax"):
+            assert r["compile_s"] > 0 and r["flops"] > 0 and all(s > 0 for s in r["sampler_s"])
+    assert {c["variant"] for c in res["chains"]} == set(variants)
+    assert all(c["steps"] == 20 and c["first_s"] > 0 and c["warm_s"] > 0 for c in res["chains"])
+    diffs = res["parity"]["max_abs_diff"]
+    assert set(diffs) == {v for v in variants if not res["variants"][v]["compiled"]}
+    for v, d in diffs.items():  # float32 within the tests' 1e-4; bfloat16 near but not equal
+        assert (0 <= d < 1e-4) if res["variants"][v]["precision"] == "float32" else (0 < d < 0.5), (v, d)
+
+
+def test_precision_bench_prints_and_saves_each_options_deviation(tmp_path):
+    out = tmp_path / "precision.json"
+    proc = run([sys.executable, "bench/precision.py", "--steps", "3", "--n", "2", "--json", str(out)])
+    res = json.loads(out.read_text())
+    rows = {(r["precision"], r["conv"]): r for r in res["options"]}
+    assert list(rows) == [("float32", "xla"), ("float32", "winograd"), ("bfloat16", "xla"),
+                          ("mixed_bf16", "xla"), ("mixed_bf16", "winograd")]
+    assert rows["float32", "xla"]["max_abs"] == 0 and rows["float32", "winograd"]["max_abs"] < 1e-3
+    for key in (("bfloat16", "xla"), ("mixed_bf16", "xla"), ("mixed_bf16", "winograd")):
+        assert 0 < rows[key]["max_abs"] < 1 and 0 <= rows[key]["pixels_off_by_8"] < 0.5
+    assert all(r["ms_per_step"] > 0 for r in rows.values()) and res["steps"] == 3
+    assert "mixed_bf16  winograd" in proc.stdout
+
+
+def test_gpu_script_dry_run_runs_the_sampling_bench_on_a_tiny_unet(tmp_path):
+    variants = ["jax_fast", "jax_mixed_bf16", "torch"]
+    proc = run(["bash", "bench/gpu.sh", "--cpu-dry-run", "--variants", ",".join(variants), "--out", str(tmp_path)],
+               env={"PYTHON": sys.executable})
+    check_sampling_results(json.loads((tmp_path / "gpu.json").read_text()), variants)
+    out = proc.stdout
+    assert (tmp_path / "gpu.txt").read_text() == out and "parity on" in out and cpu_model() in out
+    assert "tiny batch 1 jax_fast: vs torch" in out and "whole chain tiny batch 1" in out
+    bad = subprocess.run([sys.executable, "bench/sampling.py", "--variants", "jax_fast,nope"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown variants ['nope']" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gpu_script_full_dry_run_with_torch_compile(tmp_path):
+    run(["bash", "bench/gpu.sh", "--cpu-dry-run", "--out", str(tmp_path)], env={"PYTHON": sys.executable},
+        timeout=1800)
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    check_sampling_results(res, ["jax_xla", "torch", "torch_compile", "jax_bf16", "torch_bf16",
+                                 "torch_compile_bf16", "jax_mixed_bf16"])

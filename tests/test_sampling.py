@@ -157,10 +157,10 @@ def test_respaced_chains(tiny_model):
 
 
 def test_bfloat16_unet_stays_close_to_float32(tiny_model, tiny_params):
-    bf16 = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, chunk_size=8, dtype="bfloat16")
+    bf16 = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, chunk_size=8, precision="bfloat16")
     assert jax.tree.leaves(bf16.run_params)[0].dtype == jax.numpy.bfloat16
     a, b = np.asarray(bf16.denoise(2, key=3)), np.asarray(tiny_model.denoise(2, key=3))
     assert a.dtype == np.float32 and np.all(np.isfinite(a))
     assert 0 < np.abs(a - b).max() < 0.25
-    with pytest.raises(ValueError, match="unsupported dtype 'float16'"):
-        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, dtype="float16")
+    with pytest.raises(ValueError, match="unknown precision 'float16'"):
+        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, precision="float16")

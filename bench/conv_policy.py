@@ -1,0 +1,101 @@
+"""The measurement behind `ddpm_jax.ops.CPU_WINOGRAD`: each 3x3 stride-1 conv shape of a
+preset, timed as XLA's direct convolution and as Winograd F(2x2, 3x3) and F(4x4, 3x3).
+
+Candidates alternate within each repeat, and the minimum over repeats is kept (the
+least disturbed by other work); CPU time per call is printed beside it, since on a
+shared machine it moves less than wall time.
+
+    python bench/conv_policy.py                      # cifar10's shapes at batch 1 and 8
+    python bench/conv_policy.py --preset lsun --batches 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def conv_shapes(preset: str) -> list[tuple[int, int, int]]:
+    """(map side, in channels, out channels) of every 3x3 stride-1 conv of a preset's
+    UNet with at least 32 channels in and out (conv_in and conv_out stay direct)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from ddpm_jax.config import UNET_PRESETS
+    from ddpm_jax.ops import Ops
+    from ddpm_jax.unet import UNet
+
+    cfg = UNET_PRESETS[preset]
+    ops = Ops(((1, 2),))  # says which convs are eligible for Winograd at all
+    x = jax.ShapeDtypeStruct((1, cfg.resolution, cfg.resolution, cfg.in_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    shapes = {}
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if type(module).__name__ == "Conv3x3" and context.method_name == "__call__":
+            if ops.winograd_tile(args[0].shape, module.features, module.stride):
+                shapes[(args[0].shape[1], args[0].shape[-1], module.features)] = None
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(UNet(cfg, ops).init, jax.random.key(0), x, t)
+    return sorted(shapes, key=lambda s: (-s[0], s[1], s[2]))
+
+
+def time_shape(n, size, cin, cout, reps):
+    """{candidate: (min wall ms, median CPU ms)} for one conv shape at batch n."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ddpm_jax import winograd
+
+    x = jax.random.normal(jax.random.key(0), (n, size, size, cin))
+    g = np.random.default_rng(0).standard_normal((3, 3, cin, cout)).astype(np.float32)
+    direct = jax.jit(lambda x, g: jax.lax.conv_general_dilated(
+        x, g, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    cands = {"direct": (direct, jnp.asarray(g))}
+    for m in winograd.TILES:
+        if size % m == 0 and size >= m:
+            cands[f"F{m}"] = (jax.jit(lambda x, u, m=m: winograd.conv(x, u, m)),
+                              jnp.asarray(winograd.transform_kernel(g, m)))
+    for f, w in cands.values():
+        f(x, w).block_until_ready()
+    wall = {k: [] for k in cands}
+    cpu = {k: [] for k in cands}
+    for _ in range(reps):
+        for k, (f, w) in cands.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            f(x, w).block_until_ready()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {k: (1000 * min(wall[k]), 1000 * sorted(cpu[k])[reps // 2]) for k in cands}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cifar10")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--no-flags", action="store_true", help="leave out ddpm_jax.cpu_flags")
+    args = p.parse_args(argv)
+    if not args.no_flags:
+        from ddpm_jax.cpu_flags import use_cpu_flags
+
+        use_cpu_flags()
+    print(f"{args.preset}: min wall ms / median CPU ms per call; best by wall time")
+    for n in map(int, args.batches.split(",")):
+        for size, cin, cout in conv_shapes(args.preset):
+            res = time_shape(n, size, cin, cout, args.reps)
+            best = min(res, key=lambda k: res[k][0])
+            cells = "  ".join(f"{k} {w:7.2f} / {c:7.2f}" for k, (w, c) in res.items())
+            print(f"batch {n:3d} {size:3d}x{size:<3d} {cin:4d}->{cout:<4d} {cells}  best {best} "
+                  f"({res['direct'][0] / res[best][0]:.2f}x direct)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

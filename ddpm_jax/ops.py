@@ -1,0 +1,148 @@
+"""How the UNet computes its convolutions and matmuls: `Ops`, a static choice.
+
+The UNet's params are the same whatever `Ops` says (names, shapes, init), so
+training, checkpoints and the converters never see it. It only changes the
+*run params*, the inference layout `Diffusion` makes once at load
+(`run_params`): kernels of the 3x3 convolutions that run as Winograd
+F(m x m, 3x3) are stored transformed, (m+2, m+2, I, O); with a `dot_dtype`,
+every conv and Dense kernel is stored in it.
+
+`Ops()` is XLA's convolution in the params' dtype: the release's UNet as
+written. `CPU_WINOGRAD` is the table of the fast CPU path (see
+`bench/conv_policy.py` for the measurement behind it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+
+from . import winograd
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+# (smallest map side, m): on this project's CPUs F(4x4, 3x3) wins from 8x8
+# maps up and F(2x2, 3x3) on 4x4 maps, at every batch size measured.
+CPU_WINOGRAD = ((4, 2), (8, 4))
+# With bfloat16 operands, F(2x2, 3x3) only: F(4x4)'s transforms (coefficients
+# up to 8) carry bfloat16's rounding into the output about 4x larger.
+BF16_WINOGRAD = ((4, 2),)
+# "auto" leaves convolutions with fewer channels to XLA: each Winograd conv
+# adds compile time, and below 128 channels (the bundled 16x16 model, the
+# tests' tiny UNets) it saves less per step than that costs over a chain.
+AUTO_MIN_CHANNELS = 128
+CONVS = ("auto", "xla", "winograd")
+
+
+@dataclass(frozen=True)
+class Ops:
+    """`winograd`: (min_size, m) pairs, ascending in min_size. A 3x3 stride-1
+    convolution with at least `min_channels` channels in and out, on a map of
+    side >= min_size (H == W, divisible by m), runs as F(m x m, 3x3) for the
+    largest such min_size; every other convolution (strided, conv_in,
+    conv_out, maps too small) runs XLA's. Empty: XLA's everywhere.
+
+    `dot_dtype` None computes in the params' and inputs' common dtype. With
+    "bfloat16", each conv and matmul casts its operands to bfloat16 and
+    accumulates and returns float32 (`preferred_element_type`): activations,
+    GroupNorm, swish and softmax stay float32.
+    """
+
+    winograd: tuple[tuple[int, int], ...] = ()
+    min_channels: int = 32
+    dot_dtype: str | None = None
+
+    def winograd_tile(self, in_shape, features: int, stride: int) -> int:
+        """m for a 3x3 conv of input (n, H, W, I) to `features`; 0 for XLA's conv."""
+        _, h, w, c = in_shape
+        if stride != 1 or h != w or min(c, features) < self.min_channels:
+            return 0
+        m = 0
+        for min_size, tile in self.winograd:
+            if h >= min_size and h % tile == 0:
+                m = tile
+        return m
+
+    def kernel_init(self, m: int):
+        """nn.Conv's default init (lecun normal), in F(m x m, 3x3)'s layout when m > 0."""
+        init = nn.initializers.lecun_normal()
+        if not m:
+            return init
+        return lambda key, shape, dtype=jnp.float32: winograd.transform_kernel(init(key, shape, dtype), m)
+
+    def _operands(self, *arrays):
+        """The arrays in the dtype the product takes, and the dtype it returns."""
+        if self.dot_dtype is None:
+            arrays = promote_dtype(*arrays)
+            return arrays, arrays[0].dtype
+        return [a.astype(self.dot_dtype) for a in arrays], jnp.float32
+
+    def conv3x3(self, x, kernel, bias, m: int, stride: int, padding):
+        """x (n, H, W, I) conv kernel + bias; kernel in F(m x m)'s layout when m > 0."""
+        if m:  # the tile transforms stay in x's dtype; only the batched dot casts
+            x, kernel = promote_dtype(x, kernel) if self.dot_dtype is None else (x, kernel)
+            y = winograd.conv(x, kernel, m, dot_dtype=self.dot_dtype)
+        else:
+            (x, kernel), out = self._operands(x, kernel)
+            y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                             dimension_numbers=_DIMS, preferred_element_type=out)
+        return y + bias.astype(y.dtype)
+
+    def dot_general(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+        """`lax.dot_general` for nn.Dense, in `dot_dtype` when there is one."""
+        (lhs, rhs), out = self._operands(lhs, rhs)
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=out)
+
+    def promote(self, *args, dtype=None, inexact=True):
+        """nn.Dense's dtype promotion; with `dot_dtype` the dot casts, so nothing here."""
+        if self.dot_dtype is None:
+            return promote_dtype(*args, dtype=dtype, inexact=inexact)
+        return list(args)
+
+    def einsum(self, spec: str, a, b):
+        """jnp.einsum of two operands (attention), in `dot_dtype` when there is one."""
+        (a, b), out = self._operands(a, b)
+        return jnp.einsum(spec, a, b, preferred_element_type=out)
+
+
+class Precision(NamedTuple):
+    """The UNet's activation dtype, its run params' dtypes (kernels of convs
+    and Dense layers; the rest: biases, GroupNorm) and `Ops.dot_dtype`."""
+
+    activations: str
+    kernels: str
+    others: str
+    dot_dtype: str | None = None
+
+    def cast(self, params: dict) -> dict:
+        """Every leaf of `params` in its run dtype (cast once, at load)."""
+        def one(path, a):
+            return jnp.asarray(a, self.kernels if path[-1].key == "kernel" else self.others)
+
+        return jax.tree_util.tree_map_with_path(one, params)
+
+
+PRECISIONS = {
+    "float32": Precision("float32", "float32", "float32"),
+    "bfloat16": Precision("bfloat16", "bfloat16", "bfloat16"),
+    "mixed_bf16": Precision("float32", "bfloat16", "float32", dot_dtype="bfloat16"),
+}
+
+
+def choose_ops(precision: str, conv: str, backend: str) -> Ops:
+    """The `Ops` for a precision (a `PRECISIONS` key) and a conv choice
+    ("auto": Winograd on the CPU backend where activations are float32;
+    "xla"; "winograd") on `backend` (jax.default_backend())."""
+    p = PRECISIONS[precision]
+    table = CPU_WINOGRAD if precision == "float32" else BF16_WINOGRAD
+    if conv == "winograd":
+        return Ops(table, dot_dtype=p.dot_dtype)
+    if conv == "auto" and backend == "cpu" and p.activations == "float32":
+        return Ops(table, min_channels=AUTO_MIN_CHANNELS, dot_dtype=p.dot_dtype)
+    return Ops(dot_dtype=p.dot_dtype)

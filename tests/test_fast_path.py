@@ -1,0 +1,232 @@
+"""The fast CPU path and the precisions: Winograd convolutions against a float64
+direct convolution, the run-param layout, the fast UNet against the plain one
+(trained and random weights), mixed_bf16, and the XLA flags."""
+
+import subprocess
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax import DIFFUSION_PRESETS, UNET_PRESETS, Diffusion, cpu_flags, winograd
+from ddpm_jax.ops import AUTO_MIN_CHANNELS, BF16_WINOGRAD, CPU_WINOGRAD, Ops, choose_ops
+from ddpm_jax.unet import init_params, layout_params
+from ddpm_jax.weights import flatten_params
+
+from .helpers import CIFAR_SHAPED_UNET, TINY_DIFFUSION, TINY_UNET
+
+PARITY_T = (0, 17, 500, 999)
+# The suite does not set the fast path's XLA flags; one test checks the warning.
+pytestmark = pytest.mark.filterwarnings("ignore:the fast CPU path runs without:RuntimeWarning")
+
+
+def direct_conv_f64(x, g):
+    """3x3 stride-1 "SAME" correlation in float64: a sum of 9 shifted matmuls."""
+    x, g = np.asarray(x, np.float64), np.asarray(g, np.float64)
+    n, h, w, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return sum(xp[:, dy:dy + h, dx:dx + w] @ g[dy, dx] for dy in range(3) for dx in range(3))
+
+
+@pytest.mark.parametrize("m, size, tol", [(2, 4, 2e-6), (2, 8, 2e-6), (4, 8, 2e-5), (4, 16, 2e-5)])
+def test_winograd_conv_matches_a_float64_direct_convolution(m, size, tol):
+    rng = np.random.default_rng(m + size)
+    x = rng.standard_normal((2, size, size, 5)).astype(np.float32)
+    g = rng.standard_normal((3, 3, 5, 7)).astype(np.float32)
+    out = np.asarray(jax.jit(winograd.conv, static_argnums=2)(x, winograd.transform_kernel(g, m), m))
+    ref = direct_conv_f64(x, g)
+    assert out.shape == ref.shape == (2, size, size, 7)
+    assert np.abs(out - ref).max() < tol * np.abs(ref).max()
+
+
+def test_kernel_transform_on_host_and_traced_agree_and_bad_input_is_named():
+    g = np.random.default_rng(0).standard_normal((3, 3, 4, 2)).astype(np.float32)
+    for m, a in ((2, 4), (4, 6)):
+        host = winograd.transform_kernel(g, m)
+        traced = jax.jit(winograd.transform_kernel, static_argnums=1)(jnp.asarray(g), m)
+        assert host.shape == traced.shape == (a, a, 4, 2) and host.dtype == np.float32
+        np.testing.assert_allclose(host, traced, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"Winograd tile m=3 is not supported; valid: 2, 4"):
+        winograd.transform_kernel(g, 3)
+    with pytest.raises(ValueError, match=r"3x3 HWIO kernel .* got shape \(1, 1, 4, 2\)"):
+        winograd.transform_kernel(g[:1, :1], 2)
+    with pytest.raises(ValueError, match="divisible by 4, got 6x6"):
+        winograd.conv(jnp.zeros((1, 6, 6, 4)), winograd.transform_kernel(g, 4), 4)
+
+
+def test_policy_picks_the_tile_by_map_size_channels_and_stride():
+    ops = Ops(CPU_WINOGRAD)
+    assert ops.winograd_tile((1, 32, 32, 128), 128, 1) == 4
+    assert ops.winograd_tile((8, 8, 8, 256), 256, 1) == 4
+    assert ops.winograd_tile((1, 4, 4, 256), 512, 1) == 2
+    assert ops.winograd_tile((1, 2, 2, 256), 256, 1) == 0  # too small for any tile
+    assert ops.winograd_tile((1, 32, 32, 128), 128, 2) == 0  # strided: XLA's
+    assert ops.winograd_tile((1, 32, 32, 3), 128, 1) == 0  # conv_in
+    assert ops.winograd_tile((1, 32, 32, 128), 3, 1) == 0  # conv_out
+    assert Ops().winograd_tile((1, 32, 32, 128), 128, 1) == 0
+    # "auto": Winograd on the CPU only, float32 and mixed_bf16, from AUTO_MIN_CHANNELS up.
+    assert choose_ops("float32", "auto", "cpu") == Ops(CPU_WINOGRAD, min_channels=AUTO_MIN_CHANNELS)
+    assert choose_ops("float32", "auto", "gpu") == Ops()
+    assert choose_ops("float32", "xla", "cpu") == Ops()
+    assert choose_ops("float32", "winograd", "gpu") == Ops(CPU_WINOGRAD)
+    assert choose_ops("bfloat16", "auto", "cpu") == Ops()
+    assert choose_ops("mixed_bf16", "auto", "cpu") == Ops(BF16_WINOGRAD, min_channels=AUTO_MIN_CHANNELS,
+                                                          dot_dtype="bfloat16")
+    assert choose_ops("mixed_bf16", "xla", "tpu") == Ops(dot_dtype="bfloat16")
+
+
+def test_run_params_are_an_inference_layout_of_untouched_params(tiny_params):
+    m = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, conv="winograd")
+    plain, run = flatten_params(m.params), flatten_params(m.run_params)
+    assert run.keys() == plain.keys()
+    assert all(np.array_equal(plain[k], flatten_params(tiny_params)[k]) for k in plain)
+    changed = {k: run[k].shape for k in run if run[k].shape != plain[k].shape}
+    # 8x8 maps (level 0, 32 channels) take F(4x4): 6x6 kernels; 4x4 maps (level 1 and mid) F(2x2): 4x4.
+    assert changed["down_0/block_0/conv1/kernel"] == (6, 6, 32, 32)
+    assert changed["up_1/upsample/conv/kernel"] == (6, 6, 64, 64)
+    assert changed["mid/block_1/conv2/kernel"] == (4, 4, 64, 64)
+    assert changed["up_1/block_0/conv1/kernel"] == (4, 4, 128, 64)
+    # Every other 3x3 conv too (17); conv_in, conv_out and the strided conv stay 3x3.
+    conv3x3 = [k for k, a in plain.items() if a.ndim == 4]
+    assert sorted(changed) == sorted(set(conv3x3) - {"conv_in/kernel", "conv_out/kernel",
+                                                      "down_0/downsample/conv/kernel"})
+    assert len(changed) == 17
+    u = run["down_0/block_0/conv1/kernel"]
+    np.testing.assert_allclose(u, winograd.transform_kernel(np.asarray(plain["down_0/block_0/conv1/kernel"]), 4),
+                               rtol=1e-6)
+    # with_params lays the new params out the same way.
+    other = init_params(TINY_UNET, jax.random.key(7))
+    again = m.with_params(other)
+    np.testing.assert_allclose(flatten_params(again.run_params)["mid/block_1/conv2/kernel"],
+                               flatten_params(layout_params(TINY_UNET, m.model.ops, other))["mid/block_1/conv2/kernel"])
+
+
+def _eps_fn(model):
+    return jax.jit(lambda p, x, t: model.eps(x, t, params=p))
+
+
+def _max_eps_gap(fast, plain, batches=(1, 8)):
+    """Max |eps_fast - eps_plain| over t in PARITY_T, x of scale 1 and 0.01, the given batches."""
+    f_fast, f_plain = _eps_fn(fast), _eps_fn(plain)
+    rng = np.random.default_rng(0)
+    gap = 0.0
+    for n in batches:
+        for scale in (1.0, 0.01):
+            x = (scale * rng.standard_normal((n, *plain.image_shape))).astype(np.float32)
+            for t in PARITY_T:
+                tt = np.full((n,), t, np.int32)
+                a, b = np.asarray(f_fast(fast.run_params, x, tt)), np.asarray(f_plain(plain.run_params, x, tt))
+                assert np.all(np.isfinite(a)) and np.abs(b).max() > 0.1
+                gap = max(gap, float(np.abs(a - b).max()))
+    return gap
+
+
+def test_fast_path_matches_the_plain_unet_on_the_bundled_trained_model():
+    plain = Diffusion.from_pretrained("digits", conv="xla")
+    fast = plain.respaced(plain.num_timesteps, conv="winograd")
+    assert fast.model.ops.winograd and not plain.model.ops.winograd
+    assert 0 < _max_eps_gap(fast, plain) < 1e-4
+
+
+def test_fast_path_matches_the_plain_unet_on_a_cifar10_shaped_model():
+    params = init_params(CIFAR_SHAPED_UNET, jax.random.key(3))
+    plain = Diffusion(DIFFUSION_PRESETS["cifar10"], CIFAR_SHAPED_UNET, params, conv="xla")
+    fast = Diffusion(DIFFUSION_PRESETS["cifar10"], CIFAR_SHAPED_UNET, params, conv="winograd")
+    assert {a.shape[0] for a in flatten_params(fast.run_params).values() if a.ndim == 4} == {3, 4, 6}
+    assert 0 < _max_eps_gap(fast, plain) < 1e-4
+
+
+@pytest.mark.slow
+def test_auto_fast_path_matches_the_plain_unet_on_the_cifar10_preset():
+    params = init_params(UNET_PRESETS["cifar10"], jax.random.key(0))
+    plain = Diffusion(DIFFUSION_PRESETS["cifar10"], UNET_PRESETS["cifar10"], params, conv="xla")
+    fast = Diffusion(DIFFUSION_PRESETS["cifar10"], UNET_PRESETS["cifar10"], params)  # auto on the CPU
+    assert fast.model.ops.winograd
+    assert 0 < _max_eps_gap(fast, plain) < 1e-4
+
+
+def test_fast_and_plain_chains_end_close():
+    plain = Diffusion.from_pretrained("digits", conv="xla").respaced(10, sampler="ddim")
+    fast = plain.respaced(10, sampler="ddim", conv="winograd")
+    a, b = np.asarray(fast.denoise(4, key=1)), np.asarray(plain.denoise(4, key=1))
+    assert np.abs(a - b).max() < 1e-3 and np.abs(b).max() > 0.5
+
+
+def test_mixed_bf16_casts_kernels_once_and_stays_near_float32():
+    f32 = Diffusion.from_pretrained("digits", conv="xla")
+    mixed = f32.respaced(f32.num_timesteps, precision="mixed_bf16")
+    assert mixed.model.ops.dot_dtype == "bfloat16" and mixed.dtype == jnp.float32
+    for name, a in flatten_params(mixed.run_params).items():
+        assert a.dtype == (jnp.bfloat16 if name.endswith("/kernel") else jnp.float32), name
+    x = np.random.default_rng(0).standard_normal((2, *f32.image_shape)).astype(np.float32)
+    t = np.array([17, 500], np.int32)
+    a, b = np.asarray(mixed.eps(x, t)), np.asarray(f32.eps(x, t))
+    assert a.dtype == np.float32 and 0 < np.abs(a - b).max() < 0.1 * np.abs(b).max()
+    x0 = np.asarray(mixed.respaced(5, sampler="ddim").denoise(2, key=0))
+    assert np.all(np.isfinite(x0)) and np.abs(x0).max() <= 1
+
+
+def test_precision_and_conv_are_checked_and_kept_by_respaced(tiny_params):
+    with pytest.raises(ValueError, match="unknown precision 'float16'; valid: float32, bfloat16, mixed_bf16"):
+        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, precision="float16")
+    with pytest.raises(ValueError, match="unknown conv 'fft'; valid: auto, xla, winograd"):
+        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, conv="fft")
+    bf16 = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, precision="bfloat16")
+    assert bf16.dtype == jnp.bfloat16 and bf16.respaced(5).dtype == jnp.bfloat16
+    m = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, precision="mixed_bf16", conv="winograd")
+    r = m.respaced(5)
+    assert (r.precision, r.conv, r.model.ops) == ("mixed_bf16", "winograd", m.model.ops)
+
+
+# --------------------------------------------------------------------------- XLA flags
+
+
+def test_flags_are_added_once_and_a_users_own_setting_wins():
+    assert cpu_flags.flags("0.10.2")  # the jaxlib this project pins (pyproject) has them
+    assert cpu_flags.flags("0.99.0") == ()
+    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    assert cpu_flags.use_cpu_flags(env)
+    assert env["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", *cpu_flags.flags()]
+    before = env["XLA_FLAGS"]
+    cpu_flags.use_cpu_flags(env)
+    assert env["XLA_FLAGS"] == before and cpu_flags.missing(env) == []
+    name = cpu_flags.flags()[0].split("=")[0]
+    mine = {"XLA_FLAGS": f"{name}=individual_dot"}
+    cpu_flags.use_cpu_flags(mine)
+    assert mine["XLA_FLAGS"] == f"{name}=individual_dot"
+
+
+def test_late_flags_and_a_fast_path_without_them_warn(monkeypatch, tiny_params):
+    jnp.zeros(1).block_until_ready()  # the backend has started
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    with pytest.warns(RuntimeWarning, match="runs without its XLA flags"):
+        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, conv="winograd")
+    with pytest.warns(RuntimeWarning, match="already started"):
+        assert not cpu_flags.use_cpu_flags()
+    with warnings.catch_warnings():  # flags now in the environment: no warning
+        warnings.simplefilter("error", RuntimeWarning)
+        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, conv="winograd")
+
+
+def _ynn_in_dump(folder) -> bool:
+    """Whether any optimized HLO in an XLA dump hands work to YNNPACK."""
+    texts = [p.read_text() for p in folder.glob("*after_optimizations.txt")]
+    assert texts, f"no optimized HLO dumped in {folder}"
+    return any("ynn" in t for t in texts)
+
+
+def test_the_cli_starts_jax_with_the_flags(saved, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path / "cache"))  # compile afresh: it dumps
+    dumps = tmp_path / "cli", tmp_path / "plain"
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_dump_to={dumps[0]}")
+    cmd = [sys.executable, "-m", "ddpm_jax.cli", "sample", "--model", str(saved), "--n", "1", "--steps", "2",
+           "--out", str(tmp_path / "out")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    # The same jaxlib without the flags hands dots and reductions to YNNPACK.
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_dump_to={dumps[1]}")
+    plain = "import jax, jax.numpy as jnp; jax.jit(lambda a: (a @ a).sum(0))(jnp.ones((64, 64))).block_until_ready()"
+    subprocess.run([sys.executable, "-c", plain], check=True, capture_output=True, timeout=120)
+    assert _ynn_in_dump(dumps[1]) and not _ynn_in_dump(dumps[0])
