@@ -11,7 +11,8 @@ that starts while the load is high, is measured again (up to --retries).
 
 Variants (--variants): jax_xla (the release UNet as written, XLA's
 convolution, XLA's default flags), jax_fast (float32, the fast CPU path:
-Winograd convolutions where they win, `ddpm_jax.cpu_flags`), jax_mixed_bf16
+Winograd convolutions where they win, `ddpm_jax.cpu_flags`), jax_fast_noflags
+(the same without the flags: what they add), jax_mixed_bf16
 and jax_bf16 (the `precision` options), torch, torch_compile, torch_bf16
 and torch_compile_bf16 (bfloat16: weights cast on the CPU as PyTorch users
 do there, autocast on a GPU).
@@ -52,6 +53,7 @@ class Variant:
 VARIANTS = {
     "jax_xla": Variant("jax", "float32", conv="xla", fast_flags=False),
     "jax_fast": Variant("jax", "float32"),
+    "jax_fast_noflags": Variant("jax", "float32", fast_flags=False),
     "jax_mixed_bf16": Variant("jax", "mixed_bf16"),
     "jax_bf16": Variant("jax", "bfloat16"),
     "torch": Variant("torch", "float32"),
@@ -62,6 +64,7 @@ VARIANTS = {
 DEFAULT_VARIANTS = "jax_xla,jax_fast,jax_mixed_bf16,torch,torch_compile,torch_bf16"
 # Which peer each of ours is compared with, and in which ratio column.
 PEERS = {"jax_fast": ("torch", "torch_compile"), "jax_xla": ("torch", "torch_compile"),
+         "jax_fast_noflags": ("torch", "torch_compile"),
          "jax_mixed_bf16": ("torch_bf16", "torch_compile_bf16"), "jax_bf16": ("torch_bf16", "torch_compile_bf16")}
 # The tiny preset: every part of the UNet (Winograd F(4x4) at 16x16 and 8x8),
 # over a 20-step process so that a whole chain takes a moment.

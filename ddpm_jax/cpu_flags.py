@@ -22,9 +22,9 @@ import warnings
 # Per jaxlib minor version, since unknown flags abort the process. jaxlib
 # 0.10's CPU backend hands convolutions, dots, reductions and elementwise
 # fusions to YNNPACK; with these off XLA runs its own, and the fast path's
-# forward took 15-25% less CPU time at batch 8 and about the same at batch 1
-# on this project's 2-core AMD EPYC (bench/sampling.py: jax_fast vs
-# jax_fast_noflags). Other versions get no flags until measured.
+# step took 34% less time at cifar10 batch 1 and 18% less at batch 8 on this
+# project's 2-core AMD EPYC (bench/sampling.py: jax_fast vs jax_fast_noflags,
+# see the README). Other versions get no flags until measured.
 FLAGS_BY_JAXLIB = {
     "0.10": ("--xla_cpu_experimental_ynn_fusion_type=-dot,-reduce,-individual_convolution,-individual_dot,-eltwise",),
 }

@@ -91,6 +91,7 @@ def test_page_denoises_live(demo_models):
         assert page.locator("#step input").input_value() == str(T - 30)
 
 
+@pytest.mark.slow
 def test_page_inpaints_a_painted_stroke(demo_models):
     """Sample 0 into the editor, a stroke down the middle, Inpaint: the middle changes, the sides stay."""
     with served_page(demo_models, 1400) as page:

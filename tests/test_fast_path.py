@@ -136,7 +136,7 @@ def test_fast_path_matches_the_plain_unet_on_a_cifar10_shaped_model():
     plain = Diffusion(DIFFUSION_PRESETS["cifar10"], CIFAR_SHAPED_UNET, params, conv="xla")
     fast = Diffusion(DIFFUSION_PRESETS["cifar10"], CIFAR_SHAPED_UNET, params, conv="winograd")
     assert {a.shape[0] for a in flatten_params(fast.run_params).values() if a.ndim == 4} == {3, 4, 6}
-    assert 0 < _max_eps_gap(fast, plain) < 1e-4
+    assert 0 < _max_eps_gap(fast, plain, batches=(2,)) < 1e-4
 
 
 @pytest.mark.slow

@@ -87,6 +87,7 @@ def test_cli_over_devices_and_processes_writes_the_same_images(saved, tmp_path):
     assert not (tmp_path / "four" / "00007.png").exists()
 
 
+@pytest.mark.slow
 def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
     """Same global batch and seed: the loss curve and params on 4 devices equal 1 device's,
     to a tolerance that a run on other data (another seed) fails by far."""
