@@ -74,14 +74,16 @@ def test_a_folder_holds_one_run_and_refuses_another(saved, other_model, tmp_path
     out = tmp_path / "out"
     assert sample(saved, out, "--seed", "1") == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert {k: manifest[k] for k in ("model", "seed", "sampler", "steps", "eta", "n", "file_format", "batch")} == {
-        "model": str(saved), "seed": 1, "sampler": "ddpm", "steps": 4, "eta": None, "n": 3,
+    keys = ("model", "seed", "sampler", "steps", "eta", "precision", "n", "file_format", "batch")
+    assert {k: manifest[k] for k in keys} == {
+        "model": str(saved), "seed": 1, "sampler": "ddpm", "steps": 4, "eta": None, "precision": "float32", "n": 3,
         "file_format": "png", "batch": None}
     before = snapshot(out)
     capsys.readouterr()
     for flags, says in [
         (["--seed", "2"], "seed 1 there, 2 now"),
         (["--seed", "1", "--sampler", "ddim"], "sampler 'ddpm' there, 'ddim' now"),
+        (["--seed", "1", "--precision", "mixed_bf16"], "precision 'float32' there, 'mixed_bf16' now"),
         (["--seed", "1", "--n", "4"], "n 3 there, 4 now"),
     ]:
         n = 4 if "--n" in flags else 3
