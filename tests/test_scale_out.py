@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from ddpm_jax import Diffusion
