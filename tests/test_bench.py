@@ -52,6 +52,7 @@ def test_first_sample(tiny_path):
     assert re.search(r"cold \(empty compilation cache\): [\d.]+ s", out) and "with the cache: median" in out, out
 
 
+@pytest.mark.slow
 def test_digits_quality(tiny_path, tmp_path):
     out = bench("digits_quality.py", "--model", tiny_path, "--n", 20, "--batch", 20, "--json", tmp_path / "q.json")
     result = json.loads((tmp_path / "q.json").read_text())
@@ -82,6 +83,7 @@ def check_sampling_results(res, variants, preset="tiny"):
         assert (0 <= d < 1e-4) if res["variants"][v]["precision"] == "float32" else (0 < d < 0.5), (v, d)
 
 
+@pytest.mark.slow
 def test_precision_bench_prints_and_saves_each_options_deviation(tmp_path):
     out = tmp_path / "precision.json"
     proc = run([sys.executable, "bench/precision.py", "--steps", "3", "--n", "2", "--json", str(out)])

@@ -148,6 +148,7 @@ def test_auto_fast_path_matches_the_plain_unet_on_the_cifar10_preset():
     assert 0 < _max_eps_gap(fast, plain) < 1e-4
 
 
+@pytest.mark.slow
 def test_fast_and_plain_chains_end_close():
     plain = Diffusion.from_pretrained("digits", conv="xla").respaced(10, sampler="ddim")
     fast = plain.respaced(10, sampler="ddim", conv="winograd")

@@ -65,6 +65,7 @@ def test_mesh_of_four_devices_gives_the_same_samples(saved, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "four.npy"), one, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_over_devices_and_processes_writes_the_same_images(saved, tmp_path):
     common = ["--model", str(saved), "--n", "7", "--seed", "5", "--steps", "10"]
     single = _cli([*common, "--batch", "7", "--out", str(tmp_path / "one")])
@@ -137,6 +138,7 @@ def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
     print(proc.stdout)
 
 
+@pytest.mark.slow
 def test_inpainting_and_interpolation_on_four_devices_match_one(saved):
     script = textwrap.dedent(f"""
         import jax, numpy as np

@@ -19,6 +19,7 @@ from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION
 
 
 
+@pytest.mark.slow
 def test_a_few_hundred_steps_lower_the_loss():
     data = jnp.asarray(load_digits_images(8))
     coeffs = make_coefficients(TINY_DIFFUSION)
