@@ -19,6 +19,7 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddpm_jax import Diffusion  # noqa: E402
+from ddpm_jax.cpu_flags import use_cpu_flags  # noqa: E402
 from ddpm_jax.eval_cli import eval_images  # noqa: E402
 
 
@@ -29,6 +30,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
+    use_cpu_flags()  # before JAX starts its backend
     model = Diffusion.from_pretrained(args.model)
     h, _, c = model.image_shape
     images = eval_images(args.data, h, c)[:args.batch]

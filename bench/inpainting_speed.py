@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-size", type=int, default=50)
     args = p.parse_args(argv)
 
+    from ddpm_jax.cpu_flags import use_cpu_flags
+
+    use_cpu_flags()  # before JAX starts its backend
     import jax
 
     from ddpm_jax import DIFFUSION_PRESETS, UNET_PRESETS, Diffusion
