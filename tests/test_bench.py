@@ -38,8 +38,8 @@ def bench(script, *args, timeout=300) -> str:
     return run([sys.executable, ROOT / "bench" / script, *args], timeout=timeout).stdout
 
 
-@pytest.mark.parametrize("train", [False, pytest.param(True, marks=pytest.mark.slow)],
-                         ids=["sampling", "training"])
+@pytest.mark.slow
+@pytest.mark.parametrize("train", [False, True], ids=["sampling", "training"])
 def test_scaling(tiny_path, train):
     out = bench("scaling.py", "--model", tiny_path, "--devices", "1,2", "--batch", 4, "--steps", 2, "--reps", 1,
                 *(["--train"] if train else []))
@@ -98,6 +98,7 @@ def test_precision_bench_prints_and_saves_each_options_deviation(tmp_path):
     assert "mixed_bf16  winograd" in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_script_dry_run_runs_the_sampling_bench_on_a_tiny_unet(tmp_path):
     variants = ["jax_fast", "torch"]
     proc = run(["bash", "bench/gpu.sh", "--cpu-dry-run", "--variants", ",".join(variants), "--out", str(tmp_path)],

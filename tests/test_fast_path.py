@@ -131,6 +131,7 @@ def test_fast_path_matches_the_plain_unet_on_the_bundled_trained_model():
     assert 0 < _max_eps_gap(fast, plain) < 1e-4
 
 
+@pytest.mark.slow
 def test_fast_path_matches_the_plain_unet_on_a_cifar10_shaped_model():
     params = init_params(CIFAR_SHAPED_UNET, jax.random.key(3))
     plain = Diffusion(DIFFUSION_PRESETS["cifar10"], CIFAR_SHAPED_UNET, params, conv="xla")
