@@ -28,7 +28,7 @@ from .likelihood import Bound, bound_chunk, grid_images, variational_bound
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
 from .ops import CONVS, PRECISIONS, choose_ops
 from .sharding import replicate, shard_batch
-from .unet import UNet, layout_params
+from .unet import UNet, layout_params, run_shapes
 from .weights import check_params, flatten_params, save_weights
 
 
@@ -167,8 +167,8 @@ class Diffusion:
         self.params = jax.tree.map(jnp.asarray, params)
         self.dtype = jnp.dtype(PRECISIONS[precision].activations)
         self.mesh = mesh
-        self.run_params = self._prepare(self.params)
-        if backend == "cpu" and any(a.ndim == 4 and a.shape[0] != 3 for a in jax.tree.leaves(self.run_params)):
+        shapes = jax.tree.leaves(run_shapes(unet_config, self.model.ops))
+        if backend == "cpu" and any(len(s.shape) == 4 and s.shape[0] != 3 for s in shapes):
             cpu_flags.warn_if_missing()  # some conv runs as Winograd
         T = diffusion_config.num_diffusion_timesteps
         step_fn, multistep = _reverse_step(sampler, float(eta))
@@ -190,6 +190,11 @@ class Diffusion:
         )
         self._diffuse_chunk = jax.jit(partial(diffuse_chunk, chunk=self.chunk_size))
         self._bound_chunk = jax.jit(partial(bound_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip")
+
+    @cached_property
+    def run_params(self) -> dict:
+        """The params as the UNet runs them (made on first use, see `_prepare`)."""
+        return self._prepare(self.params)
 
     def _prepare(self, params):
         """Params as the UNet runs them: Winograd kernels transformed and
@@ -221,8 +226,11 @@ class Diffusion:
         kwargs.setdefault("precision", self.precision)
         kwargs.setdefault("conv", self.conv)
         kwargs.setdefault("mesh", self.mesh)
-        return Diffusion(self.diffusion_config, self.unet_config, self.params,
-                         steps=steps, sampler=sampler, eta=eta, **kwargs)
+        new = Diffusion(self.diffusion_config, self.unet_config, self.params,
+                        steps=steps, sampler=sampler, eta=eta, **kwargs)
+        if (new.model.ops, new.precision, new.mesh) == (self.model.ops, self.precision, self.mesh):
+            new.run_params = self.run_params  # the same layout: not made twice
+        return new
 
     @classmethod
     def from_pretrained(cls, name_or_path, **kwargs) -> "Diffusion":

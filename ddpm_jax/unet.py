@@ -12,6 +12,7 @@ names and shapes never depend on it.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -217,13 +218,20 @@ def init_params(config: UNetConfig, key: jax.Array) -> dict:
     return jax.jit(UNet(config).init)(key, x, t)["params"]
 
 
+@functools.lru_cache(maxsize=16)
+def run_shapes(config: UNetConfig, ops: Ops) -> dict:
+    """The shapes (ShapeDtypeStructs) of UNet(config, ops)'s params: a Winograd
+    conv's kernel is (m+2, m+2, I, O). Traced once per (config, ops)."""
+    x = jax.ShapeDtypeStruct((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    return jax.eval_shape(UNet(config, ops).init, jax.random.key(0), x, t)["params"]
+
+
 def layout_params(config: UNetConfig, ops: Ops, params: dict) -> dict:
     """`params` as UNet(config, ops) runs them: the kernel of each 3x3 conv that
     `ops` runs as Winograd F(m x m, 3x3) transformed once (in float64, see
     `winograd.transform_kernel`), every other leaf as it is."""
-    x = jax.ShapeDtypeStruct((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
-    t = jax.ShapeDtypeStruct((1,), jnp.int32)
-    shapes = jax.eval_shape(UNet(config, ops).init, jax.random.key(0), x, t)["params"]
+    shapes = run_shapes(config, ops)
 
     def lay(a, want):
         if a.shape == want.shape:

@@ -181,6 +181,10 @@ def test_precision_and_conv_are_checked_and_kept_by_respaced(tiny_params):
     m = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, precision="mixed_bf16", conv="winograd")
     r = m.respaced(5)
     assert (r.precision, r.conv, r.model.ops) == ("mixed_bf16", "winograd", m.model.ops)
+    assert r.run_params is m.run_params  # the same layout is made once, not per chain
+    other = m.respaced(5, precision="float32")
+    assert other.run_params is not m.run_params
+    assert flatten_params(other.run_params)["conv_out/kernel"].dtype == jnp.float32
 
 
 # --------------------------------------------------------------------------- XLA flags
