@@ -16,11 +16,22 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-.PHONY: setup test test-slow demo bench
+.PHONY: setup lint format test test-slow demo bench
 setup: .venv/.installed
 
-test: .venv/.installed $(CHROMIUM)
-	$(PY) -m pytest -q
+# ruff (pinned in the test extra): formatting and lint, enforced by `make test`.
+lint: .venv/.installed
+	.venv/bin/ruff format --check .
+	.venv/bin/ruff check .
+
+format: .venv/.installed
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+# One test process per core (pytest-xdist), each test file in one process so
+# that its module fixtures (servers, compiled models) are made once.
+test: lint $(CHROMIUM)
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 test-slow: .venv/.installed
 	$(PY) -m pytest -q -m slow

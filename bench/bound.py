@@ -20,7 +20,7 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ddpm_jax import Diffusion  # noqa: E402
 from ddpm_jax.cpu_flags import use_cpu_flags  # noqa: E402
-from ddpm_jax.eval_cli import eval_images  # noqa: E402
+from ddpm_jax.evaluation import eval_images  # noqa: E402
 
 
 def main() -> int:
@@ -33,7 +33,7 @@ def main() -> int:
     use_cpu_flags()  # before JAX starts its backend
     model = Diffusion.from_pretrained(args.model)
     h, _, c = model.image_shape
-    images = eval_images(args.data, h, c)[:args.batch]
+    images = eval_images(args.data, h, c)[: args.batch]
     n, T = len(images), model.num_timesteps
 
     def bound():

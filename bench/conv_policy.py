@@ -55,13 +55,18 @@ def time_shape(n, size, cin, cout, reps):
 
     x = jax.random.normal(jax.random.key(0), (n, size, size, cin))
     g = np.random.default_rng(0).standard_normal((3, 3, cin, cout)).astype(np.float32)
-    direct = jax.jit(lambda x, g: jax.lax.conv_general_dilated(
-        x, g, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    direct = jax.jit(
+        lambda x, g: jax.lax.conv_general_dilated(
+            x, g, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    )
     cands = {"direct": (direct, jnp.asarray(g))}
     for m in winograd.TILES:
         if size % m == 0 and size >= m:
-            cands[f"F{m}"] = (jax.jit(lambda x, u, m=m: winograd.conv(x, u, m)),
-                              jnp.asarray(winograd.transform_kernel(g, m)))
+            cands[f"F{m}"] = (
+                jax.jit(lambda x, u, m=m: winograd.conv(x, u, m)),
+                jnp.asarray(winograd.transform_kernel(g, m)),
+            )
     for f, w in cands.values():
         f(x, w).block_until_ready()
     wall = {k: [] for k in cands}
@@ -92,8 +97,11 @@ def main(argv=None):
             res = time_shape(n, size, cin, cout, args.reps)
             best = min(res, key=lambda k: res[k][0])
             cells = "  ".join(f"{k} {w:7.2f} / {c:7.2f}" for k, (w, c) in res.items())
-            print(f"batch {n:3d} {size:3d}x{size:<3d} {cin:4d}->{cout:<4d} {cells}  best {best} "
-                  f"({res['direct'][0] / res[best][0]:.2f}x direct)", flush=True)
+            print(
+                f"batch {n:3d} {size:3d}x{size:<3d} {cin:4d}->{cout:<4d} {cells}  best {best} "
+                f"({res['direct'][0] / res[best][0]:.2f}x direct)",
+                flush=True,
+            )
     return 0
 
 

@@ -28,7 +28,7 @@ import time
 import numpy as np
 from scipy import linalg
 
-from ddpm_jax.pipeline import SAMPLERS
+from ddpm_jax import samplers
 
 CONFIDENT = 0.9
 
@@ -72,8 +72,16 @@ def judge(clf, x8: np.ndarray, ref_features: np.ndarray) -> dict:
     }
 
 
-def sample_digits(model_name: str, n: int, steps: int | None, batch: int, seed: int,
-                  sampler: str = "ddpm", eta: float = 0.0, clip: bool = True):
+def sample_digits(
+    model_name: str,
+    n: int,
+    steps: int | None,
+    batch: int,
+    seed: int,
+    sampler: str = "ddpm",
+    eta: float | None = None,
+    clip: bool = True,
+):
     """n samples (`sampler` over `steps` respaced steps or all T) as 8x8 digits in [0, 16], and seconds."""
     from ddpm_jax import Diffusion
     from ddpm_jax.data import images_to_digits
@@ -95,12 +103,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="digits", help="bundled name or .safetensors path")
     p.add_argument("--n", type=int, default=1000, help="samples to judge")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps: the chain respaced to this many (default: all T)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM's eta")
-    p.add_argument("--no-clip", dest="clip", action="store_false",
-                   help="do not clip the predicted x_0 to [-1, 1] at each step")
+    p.add_argument(
+        "--steps", type=int, default=None, help="sampling steps: the chain respaced to this many (default: all T)"
+    )
+    p.add_argument("--sampler", choices=samplers.names(), default="ddpm")
+    p.add_argument("--eta", type=float, default=None, help="DDIM's eta (default 0)")
+    p.add_argument(
+        "--no-clip", dest="clip", action="store_false", help="do not clip the predicted x_0 to [-1, 1] at each step"
+    )
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the results here")
@@ -115,8 +125,9 @@ def main(argv=None) -> int:
     accuracy = float(clf.score(x_te.reshape(len(x_te), -1) / 16.0, y_te))
     ref = hidden_features(clf, x_te)
 
-    samples, seconds = sample_digits(args.model, args.n, args.steps, args.batch, args.seed,
-                                     args.sampler, args.eta, args.clip)
+    samples, seconds = sample_digits(
+        args.model, args.n, args.steps, args.batch, args.seed, args.sampler, args.eta, args.clip
+    )
     real = judge(clf, x_te, ref)
     # The floor: training digits vs held-out. The Fréchet distance shrinks as
     # its sample grows, so the floor uses as many training digits as there are
@@ -127,11 +138,16 @@ def main(argv=None) -> int:
     real["frechet_all_training_digits"] = frechet_distance(hidden_features(clf, x_tr), ref)
     model = judge(clf, samples, ref)
     result = {
-        "model": args.model, "steps": args.steps or "T", "sampler": args.sampler, "eta": args.eta,
+        "model": args.model,
+        "steps": args.steps or "T",
+        "sampler": args.sampler,
+        "eta": args.eta,
         "clip": args.clip,
         "seed": args.seed,
         "classifier_heldout_accuracy": accuracy,
-        "heldout_real": real, "samples": model, "sampling_seconds": round(seconds, 1),
+        "heldout_real": real,
+        "samples": model,
+        "sampling_seconds": round(seconds, 1),
         "targets": {
             "confident >= 0.9 x real": model["confident"] >= 0.9 * real["confident"],
             "entropy >= 0.95": model["entropy"] >= 0.95,
@@ -140,12 +156,16 @@ def main(argv=None) -> int:
     }
     print(f"classifier: MLP(64) held-out accuracy {accuracy:.4f} on {len(x_te)} digits")
     print(f"{'':24}{'confident':>10}{'entropy':>10}{'frechet':>10}")
-    print(f"{'held-out real digits':24}{real['confident']:10.4f}{real['entropy']:10.4f}"
-          f"{real['frechet']:10.3f}  (frechet: {len(subset)} training vs held-out digits = the floor; "
-          f"all {len(x_tr)}: {real['frechet_all_training_digits']:.3f})")
-    print(f"{'samples (' + str(args.n) + ')':24}{model['confident']:10.4f}{model['entropy']:10.4f}"
-          f"{model['frechet']:10.3f}  ({args.sampler}, {args.steps or 'all'} steps, "
-          f"{'' if args.clip else 'unclipped, '}{seconds:.0f} s)")
+    print(
+        f"{'held-out real digits':24}{real['confident']:10.4f}{real['entropy']:10.4f}"
+        f"{real['frechet']:10.3f}  (frechet: {len(subset)} training vs held-out digits = the floor; "
+        f"all {len(x_tr)}: {real['frechet_all_training_digits']:.3f})"
+    )
+    print(
+        f"{'samples (' + str(args.n) + ')':24}{model['confident']:10.4f}{model['entropy']:10.4f}"
+        f"{model['frechet']:10.3f}  ({args.sampler}, {args.steps or 'all'} steps, "
+        f"{'' if args.clip else 'unclipped, '}{seconds:.0f} s)"
+    )
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["targets"].items()))
     if args.json:
         from ddpm_jax.atomic import write_json

@@ -24,20 +24,34 @@ def main():
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, DDPM_JAX_CACHE=tmp)
-        cmd = [sys.executable, "-m", "ddpm_jax.cli", "sample", "--model", args.model, "--n", "1",
-               "--out", os.path.join(tmp, "out")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ddpm_jax.cli",
+            "sample",
+            "--model",
+            args.model,
+            "--n",
+            "1",
+            "--out",
+            os.path.join(tmp, "out"),
+        ]
         times = []
-        for i in range(1 + args.runs):
+        for _ in range(1 + args.runs):
             for f in os.listdir(os.path.join(tmp, "out")) if os.path.isdir(os.path.join(tmp, "out")) else []:
                 os.remove(os.path.join(tmp, "out", f))
             t0 = time.perf_counter()
             subprocess.run(cmd, env=env, check=True, capture_output=True)
             times.append(time.perf_counter() - t0)
     cached = sorted(times[1:])
-    print(f"model {args.model}: first sample (process start to PNG on disk), {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"model {args.model}: first sample (process start to PNG on disk), {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     print(f"  cold (empty compilation cache): {times[0]:.2f} s")
-    print(f"  with the cache: median {cached[len(cached) // 2]:.2f} s (runs: {', '.join(f'{t:.2f}' for t in times[1:])})")
+    print(
+        f"  with the cache: median {cached[len(cached) // 2]:.2f} s (runs: {', '.join(f'{t:.2f}' for t in times[1:])})"
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,10 @@ def main() -> int:
     for name, a, b in (("pool3", pool, pool_ref), ("logits_unbiased", logits, logits_ref)):
         diff = (a - b).abs().max().item()
         scale = b.abs().max().item()
-        print(f"{name}: max |ours - torch-fidelity| = {diff:.3g}, max |torch-fidelity| = {scale:.3g}, "
-              f"relative {diff / scale:.3g}")
+        print(
+            f"{name}: max |ours - torch-fidelity| = {diff:.3g}, max |torch-fidelity| = {scale:.3g}, "
+            f"relative {diff / scale:.3g}"
+        )
     return 0
 
 

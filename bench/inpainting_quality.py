@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from digits_quality import train_classifier
 
 RESOLUTION = 16
@@ -32,8 +31,8 @@ def parse_setting(spec: str) -> tuple[int, int, int]:
     """'steps:jump_length:jump_n_sample' -> three ints."""
     try:
         steps, jump_length, jump_n_sample = (int(v) for v in spec.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{spec!r}: expected steps:jump_length:jump_n_sample, e.g. 250:10:10")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected steps:jump_length:jump_n_sample, e.g. 250:10:10") from err
     return steps, jump_length, jump_n_sample
 
 
@@ -57,11 +56,25 @@ def inpaint_all(model, images, mask, setting, seed, batch):
     steps, jump_length, jump_n_sample = setting
     t0, out = time.perf_counter(), []
     for first in range(0, len(images), batch):
-        part = images[first:first + batch]
-        out.append(np.asarray(model.inpaint(part, mask, key=seed, first_index=first, steps=steps,
-                                            jump_length=jump_length, jump_n_sample=jump_n_sample)))
-        print(f"  {steps}:{jump_length}:{jump_n_sample} inpainted {first + len(part)}/{len(images)} "
-              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        part = images[first : first + batch]
+        out.append(
+            np.asarray(
+                model.inpaint(
+                    part,
+                    mask,
+                    key=seed,
+                    first_index=first,
+                    steps=steps,
+                    jump_length=jump_length,
+                    jump_n_sample=jump_n_sample,
+                )
+            )
+        )
+        print(
+            f"  {steps}:{jump_length}:{jump_n_sample} inpainted {first + len(part)}/{len(images)} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
     return np.concatenate(out), time.perf_counter() - t0
 
 
@@ -74,29 +87,48 @@ def write_pictures(folder, model, images, mask, rows, seed, scale=4):
     from ddpm_jax.images import make_grid, save_png, to_uint8
 
     def upscaled(grid):
-        return np.asarray(Image.fromarray(grid[..., 0]).resize(
-            (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST))[..., None]
+        return np.asarray(
+            Image.fromarray(grid[..., 0]).resize(
+                (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST
+            )
+        )[..., None]
 
     k = 8
     masked = np.where(mask[..., None] > 0, images[:k], 0.0)
     tiles = np.concatenate([images[:k], masked, *(completed[:k] for _, completed in rows)])
     grid = save_png(upscaled(make_grid(to_uint8(tiles, clip=True), ncol=k)), Path(folder) / "inpainting_digits.png")
     ts = [model.num_timesteps * tenths // 10 for tenths in (1, 3, 5)]
-    strips = [np.concatenate([images[:1], np.asarray(model.interpolate(images[0], images[1], t, np.linspace(0, 1, k),
-                                                                       key=seed)), images[1:2]]) for t in ts]
-    path = save_png(upscaled(make_grid(to_uint8(np.concatenate(strips), clip=True), ncol=k + 2)),
-                    Path(folder) / "interpolation_digits.png")
-    print(f"wrote {grid} (rows: digit, masked, {', '.join(name for name, _ in rows)}) and {path} "
-          f"(rows: t = {', '.join(map(str, ts))}; digit a, {k} lambdas in [0, 1], digit b)")
+    strips = [
+        np.concatenate(
+            [
+                images[:1],
+                np.asarray(model.interpolate(images[0], images[1], t, np.linspace(0, 1, k), key=seed)),
+                images[1:2],
+            ]
+        )
+        for t in ts
+    ]
+    path = save_png(
+        upscaled(make_grid(to_uint8(np.concatenate(strips), clip=True), ncol=k + 2)),
+        Path(folder) / "interpolation_digits.png",
+    )
+    print(
+        f"wrote {grid} (rows: digit, masked, {', '.join(name for name, _ in rows)}) and {path} "
+        f"(rows: t = {', '.join(map(str, ts))}; digit a, {k} lambdas in [0, 1], digit b)"
+    )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="digits", help="bundled name or .safetensors path (16x16 grayscale)")
     p.add_argument("--n", type=int, default=150, help="held-out digits to inpaint (the first n; 450 in all)")
-    p.add_argument("--settings", type=parse_setting, nargs="+",
-                   default=[(250, 10, 10), (250, 10, 1)],
-                   help="RePaint settings steps:jump_length:jump_n_sample (jump_n_sample 1: replacement)")
+    p.add_argument(
+        "--settings",
+        type=parse_setting,
+        nargs="+",
+        default=[(250, 10, 10), (250, 10, 1)],
+        help="RePaint settings steps:jump_length:jump_n_sample (jump_n_sample 1: replacement)",
+    )
     p.add_argument("--batch", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk-size", type=int, default=50, help="schedule iterations per compiled chunk")
@@ -133,8 +165,12 @@ def main(argv=None) -> int:
         completed, seconds = inpaint_all(model, images, mask, setting, args.seed, args.batch)
         schedule = jump_schedule(*setting)
         name = ("RePaint {}:{}:{}" if setting[2] > 1 else "replacement {}:{}:{}").format(*setting)
-        results[name] = {**kept(completed), "seconds": round(seconds, 1), "iterations": len(schedule),
-                         "model_calls_per_digit": int((schedule[:, 1] == REVERSE).sum())}
+        results[name] = {
+            **kept(completed),
+            "seconds": round(seconds, 1),
+            "iterations": len(schedule),
+            "model_calls_per_digit": int((schedule[:, 1] == REVERSE).sum()),
+        }
         rows.append((name, completed))
 
     print(f"{args.n} held-out digits, lower half masked; class kept under the MLP of digits_quality.py")

@@ -17,7 +17,6 @@ import sys
 import time
 
 import numpy as np
-
 from inpainting_quality import parse_setting
 
 
@@ -26,8 +25,12 @@ def main(argv=None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a preset of config.py with random weights")
     src.add_argument("--model", help="a bundled or pretrained name, or a .safetensors path")
-    p.add_argument("--settings", type=parse_setting, default=(250, 10, 10),
-                   help="steps:jump_length:jump_n_sample (default: the paper's 250:10:10)")
+    p.add_argument(
+        "--settings",
+        type=parse_setting,
+        default=(250, 10, 10),
+        help="steps:jump_length:jump_n_sample (default: the paper's 250:10:10)",
+    )
     p.add_argument("--chunk-size", type=int, default=50)
     args = p.parse_args(argv)
 
@@ -42,8 +45,12 @@ def main(argv=None) -> int:
 
     if args.preset:
         ucfg = UNET_PRESETS[args.preset]
-        model = Diffusion(DIFFUSION_PRESETS[args.preset], ucfg, init_params(ucfg, jax.random.key(0)),
-                          chunk_size=args.chunk_size)
+        model = Diffusion(
+            diffusion_config=DIFFUSION_PRESETS[args.preset],
+            unet_config=ucfg,
+            params=init_params(ucfg, jax.random.key(0)),
+            chunk_size=args.chunk_size,
+        )
     else:
         model = Diffusion.from_pretrained(args.model, chunk_size=args.chunk_size)
     h, w, c = model.image_shape
@@ -56,19 +63,26 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     marks = []
-    for item in model.inpaint_steps(image, mask, 1, key=0, steps=steps, jump_length=jump_length,
-                                    jump_n_sample=jump_n_sample):
+    for item in model.inpaint_steps(
+        image, mask, 1, key=0, steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample
+    ):
         item.x.block_until_ready()
         marks.append(time.perf_counter() - t0)
         if len(marks) % 10 == 0:
-            print(f"  {min(len(marks) * args.chunk_size, len(schedule))}/{len(schedule)} iterations "
-                  f"({marks[-1]:.0f} s)", file=sys.stderr)
+            print(
+                f"  {min(len(marks) * args.chunk_size, len(schedule))}/{len(schedule)} iterations ({marks[-1]:.0f} s)",
+                file=sys.stderr,
+            )
     first, total = marks[0], marks[-1]
     rest_calls = calls - int((schedule[: args.chunk_size, 1] == REVERSE).sum())
-    print(f"{args.preset or args.model} ({h}x{w}x{c}), RePaint {steps}:{jump_length}:{jump_n_sample}: "
-          f"{len(schedule)} iterations, {calls} model calls, chunks of {args.chunk_size}")
-    print(f"first chunk (compiling included) {first:.1f} s; the rest {total - first:.1f} s "
-          f"({(total - first) / max(rest_calls, 1) * 1e3:.1f} ms per model call); total {total:.1f} s")
+    print(
+        f"{args.preset or args.model} ({h}x{w}x{c}), RePaint {steps}:{jump_length}:{jump_n_sample}: "
+        f"{len(schedule)} iterations, {calls} model calls, chunks of {args.chunk_size}"
+    )
+    print(
+        f"first chunk (compiling included) {first:.1f} s; the rest {total - first:.1f} s "
+        f"({(total - first) / max(rest_calls, 1) * 1e3:.1f} ms per model call); total {total:.1f} s"
+    )
     print(f"1-min load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
     return 0
 

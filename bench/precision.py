@@ -17,8 +17,13 @@ import sys
 import time
 
 # (precision, conv) for each option; the first is the reference.
-OPTIONS = (("float32", "xla"), ("float32", "winograd"), ("bfloat16", "xla"),
-           ("mixed_bf16", "xla"), ("mixed_bf16", "winograd"))
+OPTIONS = (
+    ("float32", "xla"),
+    ("float32", "winograd"),
+    ("bfloat16", "xla"),
+    ("mixed_bf16", "xla"),
+    ("mixed_bf16", "winograd"),
+)
 
 
 def timed_chain(model, n, seed):
@@ -65,19 +70,31 @@ def main(argv=None):
     for precision, conv in OPTIONS:
         m = base.respaced(steps, precision=precision, conv=conv)
         runs = [timed_chain(m, args.n, args.seed) for _ in range(args.reps)]
-        rows.append(dict(precision=precision, conv=conv, x=runs[0][0],
-                         ms_per_step=1000 * statistics.median(t for _, t in runs)))
+        rows.append(
+            dict(precision=precision, conv=conv, x=runs[0][0], ms_per_step=1000 * statistics.median(t for _, t in runs))
+        )
     ref = rows[0]["x"]
     for r in rows:
         r.update(deviation(r.pop("x"), ref, base.to_uint8))
-    result = dict(model=args.model, n=args.n, steps=steps, seed=args.seed, device=jax.devices()[0].device_kind,
-                  reference="float32, conv xla", options=rows)
-    print(f"model {args.model}, {args.n} samples, {steps} steps, {result['device']}; "
-          f"final x_0 vs float32 with XLA's convolution (images in [-1, 1])")
+    result = dict(
+        model=args.model,
+        n=args.n,
+        steps=steps,
+        seed=args.seed,
+        device=jax.devices()[0].device_kind,
+        reference="float32, conv xla",
+        options=rows,
+    )
+    print(
+        f"model {args.model}, {args.n} samples, {steps} steps, {result['device']}; "
+        f"final x_0 vs float32 with XLA's convolution (images in [-1, 1])"
+    )
     print(f"  {'precision':11} {'conv':9} {'ms/step':>8} {'max |diff|':>10} {'mean |diff|':>11} {'uint8 off > 8':>13}")
     for r in rows:
-        print(f"  {r['precision']:11} {r['conv']:9} {r['ms_per_step']:8.2f} {r['max_abs']:10.2e} "
-              f"{r['mean_abs']:11.2e} {100 * r['pixels_off_by_8']:12.2f}%")
+        print(
+            f"  {r['precision']:11} {r['conv']:9} {r['ms_per_step']:8.2f} {r['max_abs']:10.2e} "
+            f"{r['mean_abs']:11.2e} {100 * r['pixels_off_by_8']:12.2f}%"
+        )
     if args.json:
         write_json(args.json, result)
     return 0

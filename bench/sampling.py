@@ -63,9 +63,13 @@ VARIANTS = {
 }
 DEFAULT_VARIANTS = "jax_xla,jax_fast,jax_mixed_bf16,torch,torch_compile,torch_bf16"
 # Which peer each of ours is compared with, and in which ratio column.
-PEERS = {"jax_fast": ("torch", "torch_compile"), "jax_xla": ("torch", "torch_compile"),
-         "jax_fast_noflags": ("torch", "torch_compile"),
-         "jax_mixed_bf16": ("torch_bf16", "torch_compile_bf16"), "jax_bf16": ("torch_bf16", "torch_compile_bf16")}
+PEERS = {
+    "jax_fast": ("torch", "torch_compile"),
+    "jax_xla": ("torch", "torch_compile"),
+    "jax_fast_noflags": ("torch", "torch_compile"),
+    "jax_mixed_bf16": ("torch_bf16", "torch_compile_bf16"),
+    "jax_bf16": ("torch_bf16", "torch_compile_bf16"),
+}
 # The tiny preset: every part of the UNet (Winograd F(4x4) at 16x16 and 8x8),
 # over a 20-step process so that a whole chain takes a moment.
 TINY = dict(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0)
@@ -129,7 +133,14 @@ def _diffusion(weights, variant: Variant, chunk_size):
     from ddpm_jax.weights import load_weights
 
     dcfg, ucfg, params = load_weights(weights)
-    return Diffusion(dcfg, ucfg, params, chunk_size=chunk_size, precision=variant.precision, conv=variant.conv)
+    return Diffusion(
+        diffusion_config=dcfg,
+        unet_config=ucfg,
+        params=params,
+        chunk_size=chunk_size,
+        precision=variant.precision,
+        conv=variant.conv,
+    )
 
 
 class JaxRunner:
@@ -164,9 +175,19 @@ class JaxRunner:
             jax.block_until_ready(m.denoise(n, n_steps=steps, x=x, curr_step=T, key=1))
 
         # The sampler's own cost: the same chunk with the UNet replaced by a no-op.
-        null = jax.jit(partial(denoise_chunk, lambda p, x, t: x * 0.0, chunk=steps), static_argnames="clip")
-        null_args = (m.run_params, m.coeffs, x, jnp.zeros_like(x), T, steps, jax.random.key(1),
-                     jnp.arange(n, dtype=jnp.int32))
+        null = jax.jit(
+            partial(denoise_chunk, lambda p, x, t: x * 0.0, chunk=steps, sampler=m.sampler), static_argnames="clip"
+        )
+        null_args = (
+            m.run_params,
+            m.coeffs,
+            x,
+            jnp.zeros_like(x),
+            T,
+            steps,
+            jax.random.key(1),
+            jnp.arange(n, dtype=jnp.int32),
+        )
         null(*null_args)
         # The UNet's FLOPs as written (direct convolutions), whatever path runs it.
         t = jnp.full((n,), T - 1, jnp.int32)
@@ -187,7 +208,7 @@ class JaxRunner:
 
         m = _diffusion(weights, self.variant, 10)
         eps = jax.jit(lambda p, x, t: m.eps(x, t, params=p))
-        for n, scale, t, x in _parity_inputs(m.unet_config):
+        for n, _scale, t, x in _parity_inputs(m.unet_config):
             yield np.asarray(eps(m.run_params, x, np.full((n,), t, np.int32)))
 
 
@@ -245,7 +266,7 @@ class TorchRunner:
         import torch
 
         _, ucfg, eps = self._load(weights)
-        for n, scale, t, x in _parity_inputs(ucfg):
+        for n, _scale, t, x in _parity_inputs(ucfg):
             xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(self.dev)
             with torch.inference_mode():
                 out = eps(xt, torch.full((n,), t, dtype=torch.long, device=self.dev))
@@ -291,8 +312,11 @@ def _torch_scheduler(dcfg):
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler(
-        num_train_timesteps=dcfg.num_diffusion_timesteps, beta_start=dcfg.beta_start,
-        beta_end=dcfg.beta_end, beta_schedule="linear", clip_sample=True,
+        num_train_timesteps=dcfg.num_diffusion_timesteps,
+        beta_start=dcfg.beta_start,
+        beta_end=dcfg.beta_end,
+        beta_schedule="linear",
+        clip_sample=True,
         variance_type="fixed_large" if dcfg.model_var_type == "fixedlarge" else "fixed_small",
     )
     sched.set_timesteps(dcfg.num_diffusion_timesteps)
@@ -335,9 +359,19 @@ def worker_variant(args, plan):
             if _spread(times) <= args.max_spread and load <= 1.5 * (os.cpu_count() or 1):
                 break
         compile_s = first - statistics.median(best) * args.steps
-        out["runs"].append(dict(preset=preset, batch=n, step_s=best, attempts=attempts, load=load,
-                                compile_s=compile_s if variant.framework == "jax" or variant.compiled else None,
-                                peak_rss_mb=_peak_rss_mb(), device_peak_mb=runner.peak_mb(), **extras))
+        out["runs"].append(
+            dict(
+                preset=preset,
+                batch=n,
+                step_s=best,
+                attempts=attempts,
+                load=load,
+                compile_s=compile_s if variant.framework == "jax" or variant.compiled else None,
+                peak_rss_mb=_peak_rss_mb(),
+                device_peak_mb=runner.peak_mb(),
+                **extras,
+            )
+        )
     for preset, n in plan["chain"]:
         if time.time() > plan["deadline"]:
             out["skipped"].append(dict(kind="chain", preset=preset, batch=n))
@@ -381,12 +415,12 @@ def worker_peak(args, plan):
     t_mm = statistics.median(_timed(lambda: jax.block_until_ready(mm(a)), 5))
     x = jax.random.normal(k, (8, 32, 32, 256))
     w = jax.random.normal(k, (3, 3, 256, 256))
-    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
-        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    conv = jax.jit(
+        lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    )
     jax.block_until_ready(conv(x, w))
     t_conv = statistics.median(_timed(lambda: jax.block_until_ready(conv(x, w)), 5))
-    return dict(matmul_gflops=2 * 2048**3 / t_mm / 1e9,
-                conv_gflops=2 * 8 * 32 * 32 * 256 * 256 * 9 / t_conv / 1e9)
+    return dict(matmul_gflops=2 * 2048**3 / t_mm / 1e9, conv_gflops=2 * 8 * 32 * 32 * 256 * 256 * 9 / t_conv / 1e9)
 
 
 WORKERS = {"variant": worker_variant, "reference": worker_reference, "peak": worker_peak}
@@ -402,9 +436,24 @@ def run_worker(args):
 
 def spawn(worker, plan, args):
     """Run one worker subprocess on `plan`; its RESULT."""
-    cmd = [sys.executable, __file__, "--worker", worker, "--plan", json.dumps(plan), "--steps", str(args.steps),
-           "--reps", str(args.reps), "--retries", str(args.retries), "--max-spread", str(args.max_spread),
-           "--device", args.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        worker,
+        "--plan",
+        json.dumps(plan),
+        "--steps",
+        str(args.steps),
+        "--reps",
+        str(args.reps),
+        "--retries",
+        str(args.retries),
+        "--max-spread",
+        str(args.max_spread),
+        "--device",
+        args.device,
+    ]
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # jax and torch take the GPU in turn
     env["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
@@ -413,7 +462,7 @@ def spawn(worker, plan, args):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{worker} {plan.get('variant', '')} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def make_weights(preset, folder):
@@ -443,21 +492,32 @@ def machine_info(args):
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    return {"cpu_model": cpu_model(), "cpu_features": cpu_features(), "cpus": os.cpu_count(),
-            "pinned_cpus": args.cpus, "device": args.device, "load_start": os.getloadavg()[0],
-            "versions": versions, "python": platform.python_version()}
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_features": cpu_features(),
+        "cpus": os.cpu_count(),
+        "pinned_cpus": args.cpus,
+        "device": args.device,
+        "load_start": os.getloadavg()[0],
+        "versions": versions,
+        "python": platform.python_version(),
+    }
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="cifar10 batch 1, jax_fast vs torch eager")
     p.add_argument("--preset", choices=("tiny",), help="tiny: every measurement on a tiny UNet, in seconds")
-    p.add_argument("--cases", default="cifar10:1,cifar10:8,cifar10:32,lsun:1",
-                   help="preset:batch pairs for the float32 variants")
+    p.add_argument(
+        "--cases", default="cifar10:1,cifar10:8,cifar10:32,lsun:1", help="preset:batch pairs for the float32 variants"
+    )
     p.add_argument("--bf16-cases", default="cifar10:1,cifar10:8", help="preset:batch pairs for bfloat16 ones")
-    p.add_argument("--variants", default=None,
-                   help=f"comma-separated, of {', '.join(VARIANTS)} (default: {DEFAULT_VARIANTS}; "
-                        "with --preset tiny, all but the torch.compile ones)")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: {DEFAULT_VARIANTS}; "
+        "with --preset tiny, all but the torch.compile ones)",
+    )
     p.add_argument("--chain", default="", help="preset:batch: also time the whole chain end to end")
     p.add_argument("--parity", default="", help="a preset: eps of every variant vs a float64 reference")
     p.add_argument("--steps", type=int, default=3, help="denoising steps per timed chunk")
@@ -466,8 +526,12 @@ def main(argv=None):
     p.add_argument("--max-spread", type=float, default=0.15)
     p.add_argument("--cpus", type=int, default=None, help="pin every worker to this many CPUs")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--deadline", type=float, default=None,
-                   help="seconds: skip what is left once this much time has passed (results so far are kept)")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds: skip what is left once this much time has passed (results so far are kept)",
+    )
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--plan", help=argparse.SUPPRESS)
@@ -480,8 +544,7 @@ def main(argv=None):
     if args.preset == "tiny":
         args.cases, args.bf16_cases, args.steps, args.reps, args.retries = "tiny:1", "tiny:1", 2, 2, 0
         args.chain, args.parity = args.chain or "tiny:1", args.parity or "tiny"
-        args.variants = args.variants or ",".join(v for v in DEFAULT_VARIANTS.split(",")
-                                                  if not VARIANTS[v].compiled)
+        args.variants = args.variants or ",".join(v for v in DEFAULT_VARIANTS.split(",") if not VARIANTS[v].compiled)
     args.variants = args.variants or DEFAULT_VARIANTS
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
@@ -499,29 +562,46 @@ def run_all(args):
     start = time.time()
     deadline = start + args.deadline if args.deadline else float("inf")
     variants = args.variants.split(",")
-    results = {"machine": machine_info(args), "variants": {v: asdict(VARIANTS[v]) for v in variants},
-               "command": " ".join(sys.argv), "runs": [], "chains": [], "parity": None, "skipped": []}
+    results = {
+        "machine": machine_info(args),
+        "variants": {v: asdict(VARIANTS[v]) for v in variants},
+        "command": " ".join(sys.argv),
+        "runs": [],
+        "chains": [],
+        "parity": None,
+        "skipped": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if args.device == "cpu" and args.preset != "tiny":
             results["machine"].update(spawn("peak", {}, args))
-        step_cases = {v: _cases(args.cases if VARIANTS[v].precision == "float32" else args.bf16_cases)
-                      for v in variants}
+        step_cases = {
+            v: _cases(args.cases if VARIANTS[v].precision == "float32" else args.bf16_cases) for v in variants
+        }
         presets = {p for cs in step_cases.values() for p, _ in cs} | {p for p, _ in _cases(args.chain)}
         weights = {preset: make_weights(preset, tmp) for preset in presets | ({args.parity} - {""})}
         parity = None
         if args.parity:
             parity = dict(preset=args.parity, reference=str(Path(tmp) / "reference.npz"))
             spawn("reference", dict(weights=weights[args.parity], out=parity["reference"]), args)
-            results["parity"] = dict(preset=args.parity, reference="diffusers UNet2DModel, float64, CPU",
-                                     inputs=dict(t=PARITY_T, scales=PARITY_SCALES, batches=PARITY_BATCHES),
-                                     max_abs_diff={})
+            results["parity"] = dict(
+                preset=args.parity,
+                reference="diffusers UNet2DModel, float64, CPU",
+                inputs=dict(t=PARITY_T, scales=PARITY_SCALES, batches=PARITY_BATCHES),
+                max_abs_diff={},
+            )
         for v in variants:
             if time.time() > deadline:
                 results["skipped"].append(dict(variant=v))
                 continue
             print(f"measuring {v} ...", file=sys.stderr)
-            plan = dict(variant=v, weights=weights, steps=step_cases[v], chain=_cases(args.chain),
-                        parity=parity, deadline=deadline)
+            plan = dict(
+                variant=v,
+                weights=weights,
+                steps=step_cases[v],
+                chain=_cases(args.chain),
+                parity=parity,
+                deadline=deadline,
+            )
             out = spawn("variant", plan, args)
             for key in ("runs", "chains", "skipped"):
                 results[key] += [dict(r, variant=v, device=out["device"]) for r in out[key]]
@@ -543,15 +623,21 @@ def fmt_ms(s):
 def print_table(results):
     m = results["machine"]
     pin = f", pinned to {m['pinned_cpus']}" if m.get("pinned_cpus") else ""
-    print(f"\nmachine: {m['cpu_model']} ({' '.join(m['cpu_features'])}), {m['cpus']} CPUs{pin}; "
-          f"device {m['device']}; load at start {m['load_start']:.1f}; "
-          + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
+    print(
+        f"\nmachine: {m['cpu_model']} ({' '.join(m['cpu_features'])}), {m['cpus']} CPUs{pin}; "
+        f"device {m['device']}; load at start {m['load_start']:.1f}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    )
     peak = max(m.get("matmul_gflops", 0), m.get("conv_gflops", 0))
     if peak:
-        print(f"measured under XLA: f32 matmul {m['matmul_gflops']:.0f} GFLOP/s, 3x3 conv {m['conv_gflops']:.0f} "
-              "GFLOP/s; % peak: the UNet's FLOPs as written per step time over the better of the two")
-    head = (f"{'preset':8} {'batch':>5} {'variant':18} {'ms/step':>9} {'spread':>6} {'compile s':>9} "
-            f"{'RSS MB':>7} {'dev MB':>7} {'% peak':>7} {'sampler':>8}")
+        print(
+            f"measured under XLA: f32 matmul {m['matmul_gflops']:.0f} GFLOP/s, 3x3 conv {m['conv_gflops']:.0f} "
+            "GFLOP/s; % peak: the UNet's FLOPs as written per step time over the better of the two"
+        )
+    head = (
+        f"{'preset':8} {'batch':>5} {'variant':18} {'ms/step':>9} {'spread':>6} {'compile s':>9} "
+        f"{'RSS MB':>7} {'dev MB':>7} {'% peak':>7} {'sampler':>8}"
+    )
     print(head)
     print("-" * len(head))
     by_case = {}
@@ -560,9 +646,11 @@ def print_table(results):
         frac = f"{100 * r['flops'] / step / 1e9 / peak:6.0f}%" if r.get("flops") and peak else ""
         overhead = f"{100 * statistics.median(r['sampler_s']) / step:7.2f}%" if r.get("sampler_s") else ""
         cs, dev = r.get("compile_s"), r.get("device_peak_mb")
-        print(f"{r['preset']:8} {r['batch']:5d} {r['variant']:18} {fmt_ms(step)} {_spread(r['step_s']):6.0%} "
-              f"{(f'{cs:9.1f}' if cs is not None else '        -')} {r['peak_rss_mb']:7.0f} "
-              f"{(f'{dev:7.0f}' if dev is not None else '      -')} {frac:>7} {overhead:>8}")
+        print(
+            f"{r['preset']:8} {r['batch']:5d} {r['variant']:18} {fmt_ms(step)} {_spread(r['step_s']):6.0%} "
+            f"{(f'{cs:9.1f}' if cs is not None else '        -')} {r['peak_rss_mb']:7.0f} "
+            f"{(f'{dev:7.0f}' if dev is not None else '      -')} {frac:>7} {overhead:>8}"
+        )
         by_case.setdefault((r["preset"], r["batch"]), {})[r["variant"]] = step
     print("\nratios (peer time / our time; > 1 means ddpm_jax is faster):")
     for (preset, batch), times in by_case.items():
@@ -572,12 +660,17 @@ def print_table(results):
                 if got:
                     print(f"  {preset} batch {batch} {ours}: {', '.join(got)}")
     for c in results["chains"]:
-        print(f"whole chain {c['preset']} batch {c['batch']}, {c['steps']} steps, {c['variant']}: "
-              f"{c['first_s']:.1f} s first (with compilation), {c['warm_s']:.1f} s warm")
+        print(
+            f"whole chain {c['preset']} batch {c['batch']}, {c['steps']} steps, {c['variant']}: "
+            f"{c['first_s']:.1f} s first (with compilation), {c['warm_s']:.1f} s warm"
+        )
     if results["parity"]:
         par = results["parity"]
-        print(f"parity on {par.get('device', '-')} ({par['preset']}; vs {par['reference']}; t {list(par['inputs']['t'])}, "
-              f"scales {list(par['inputs']['scales'])}, batches {list(par['inputs']['batches'])}), max |eps diff|:")
+        print(
+            f"parity on {par.get('device', '-')} ({par['preset']}; vs {par['reference']}; "
+            f"t {list(par['inputs']['t'])}, "
+            f"scales {list(par['inputs']['scales'])}, batches {list(par['inputs']['batches'])}), max |eps diff|:"
+        )
         for v, d in par["max_abs_diff"].items():
             print(f"  {v:18} {d:.2e}")
     if results["skipped"]:

@@ -42,7 +42,7 @@ def _training(args, mesh):
     m = Diffusion.from_pretrained(args.model)
     ucfg, tcfg = m.unet_config, dataclasses.replace(TRAIN_PRESETS["digits"], batch_size=args.batch)
     data = load_digits_images(ucfg.resolution, ucfg.in_channels)
-    trainer = Trainer(data, ucfg, m.diffusion_config, tcfg, mesh=mesh)
+    trainer = Trainer(data, unet_config=ucfg, diffusion_config=m.diffusion_config, train_config=tcfg, mesh=mesh)
     return lambda rep: jax.block_until_ready(trainer.train(args.steps))
 
 
@@ -60,8 +60,16 @@ def worker(args):
         run(rep + 1)
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    print("RESULT " + json.dumps(dict(devices=jax.local_device_count(), per_s=args.batch * args.steps / t,
-                                      spread=(max(times) - min(times)) / t)))
+    print(
+        "RESULT "
+        + json.dumps(
+            dict(
+                devices=jax.local_device_count(),
+                per_s=args.batch * args.steps / t,
+                spread=(max(times) - min(times)) / t,
+            )
+        )
+    )
 
 
 def main():
@@ -82,8 +90,19 @@ def main():
         env = dict(os.environ)
         if not args.real_devices:
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
-        cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--batch", str(args.batch),
-               "--steps", str(args.steps), "--reps", str(args.reps)] + (["--train"] if args.train else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+            "--steps",
+            str(args.steps),
+            "--reps",
+            str(args.reps),
+        ] + (["--train"] if args.train else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -92,8 +111,7 @@ def main():
     base = rows[0]["per_s"]
     what = f"training {args.model}" if args.train else f"sampling {args.model}"
     unit = "images/s" if args.train else "sample-steps/s"
-    print(f"{what}, batch {args.batch}, {args.steps} steps a rep, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(f"{what}, batch {args.batch}, {args.steps} steps a rep, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     print(f"{'devices':>7} {unit:>15} {'spread':>7} {'vs 1':>6}")
     for r in rows:
         print(f"{r['devices']:7d} {r['per_s']:15.1f} {r['spread']:7.0%} {r['per_s'] / base:6.2f}x")

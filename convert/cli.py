@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from ddpm_jax.config import UNET_PRESETS
+from ddpm_jax.cli.common import add_preset
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 def add_arguments(p):
     p.add_argument("src", help="port checkpoint, diffusers folder, Hub id (owner/name) or registered name")
     p.add_argument("dst", help="output: ddpm_jax .safetensors (or a .ckpt with --to-torch)")
-    p.add_argument("--config", choices=sorted(UNET_PRESETS), default=None,
-                   help="preset of a port checkpoint (default: the one its shapes fit)")
-    p.add_argument("--to-torch", action="store_true",
-                   help="the inverse: write the port's state_dict (torch.save) from ddpm_jax params")
+    add_preset(p, "preset of a port checkpoint (default: the one its shapes fit)")
+    p.add_argument(
+        "--to-torch",
+        action="store_true",
+        help="the inverse: write the port's state_dict (torch.save) from ddpm_jax params",
+    )
 
 
 def save_torch_state_dict(state: dict, path):
@@ -41,8 +43,7 @@ def check_destination(dst: Path, sources: list[Path]):
     if dst.is_dir():
         raise ValueError(f"DST {dst} is a folder; give a file name, e.g. {dst / 'model.safetensors'}")
     if dst.exists() and any(dst.resolve() == s.resolve() for s in sources if s.exists()):
-        raise ValueError(f"DST {dst} is the source checkpoint itself; refusing to overwrite it: choose "
-                         "another DST")
+        raise ValueError(f"DST {dst} is the source checkpoint itself; refusing to overwrite it: choose another DST")
 
 
 def run(args) -> int:
@@ -54,8 +55,9 @@ def run(args) -> int:
     start = time.perf_counter()
     dst = Path(args.dst).expanduser()
     if args.to_torch and args.config:
-        raise ValueError("--config names the preset of a port checkpoint given as SRC; "
-                         "it does not apply with --to-torch")
+        raise ValueError(
+            "--config names the preset of a port checkpoint given as SRC; it does not apply with --to-torch"
+        )
     source = resolve(args.src)
     check_destination(dst, source_files(source))
     if args.to_torch:
@@ -63,8 +65,9 @@ def run(args) -> int:
         save_torch_state_dict(flax_to_port(params, ucfg), dst)
     else:
         # A released name goes through the cache (fetched and converted once).
-        dcfg, ucfg, params = (load(source) if source.kind == "released" and args.config is None
-                              else convert(source, args.config))
-        save_weights(dst, params, dcfg, ucfg)
+        dcfg, ucfg, params = (
+            load(source) if source.kind == "released" and args.config is None else convert(source, args.config)
+        )
+        save_weights(dst, params, diffusion_config=dcfg, unet_config=ucfg)
     log.info("wrote %s in %.1f s", dst, time.perf_counter() - start)
     return 0

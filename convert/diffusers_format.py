@@ -24,12 +24,19 @@ log = logging.getLogger(__name__)
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 _RESNET = (
-    ("norm1", "norm1", NORM), ("conv1", "conv1", CONV), ("temb_proj", "time_emb_proj", LINEAR),
-    ("norm2", "norm2", NORM), ("conv2", "conv2", CONV), ("nin_shortcut", "conv_shortcut", CONV1X1),
+    ("norm1", "norm1", NORM),
+    ("conv1", "conv1", CONV),
+    ("temb_proj", "time_emb_proj", LINEAR),
+    ("norm2", "norm2", NORM),
+    ("conv2", "conv2", CONV),
+    ("nin_shortcut", "conv_shortcut", CONV1X1),
 )
 _ATTN = (
-    ("norm", "group_norm", NORM), ("q", "to_q", LINEAR), ("k", "to_k", LINEAR),
-    ("v", "to_v", LINEAR), ("proj_out", "to_out.0", LINEAR),
+    ("norm", "group_norm", NORM),
+    ("q", "to_q", LINEAR),
+    ("k", "to_k", LINEAR),
+    ("v", "to_v", LINEAR),
+    ("proj_out", "to_out.0", LINEAR),
 )
 
 # (our module, diffusers' module, kind). Up blocks run deepest level first:
@@ -85,16 +92,28 @@ _REQUIRED = {
     "num_class_embeds": (None, None),
 }  # key: (diffusers' default, the value the release's UNet needs)
 _OTHER_KEYS = {
-    "sample_size", "in_channels", "out_channels", "down_block_types", "up_block_types",
-    "block_out_channels", "layers_per_block", "dropout", "act_fn", "attention_head_dim",
-    "attn_norm_num_groups", "time_embedding_dim", "num_train_timesteps",
+    "sample_size",
+    "in_channels",
+    "out_channels",
+    "down_block_types",
+    "up_block_types",
+    "block_out_channels",
+    "layers_per_block",
+    "dropout",
+    "act_fn",
+    "attention_head_dim",
+    "attn_norm_num_groups",
+    "time_embedding_dim",
+    "num_train_timesteps",
 }
 
 
 def _positive_ints(value) -> list[int] | None:
     """A non-empty JSON list of positive ints, or None."""
-    if isinstance(value, (list, tuple)) and value and all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
     ):
         return list(value)
     return None
@@ -152,8 +171,10 @@ def unet_config_from_diffusers(cfg: dict, source: str = "config.json") -> UNetCo
     if boc is None:
         bad.append(f"block_out_channels={cfg['block_out_channels']!r} (need a non-empty list of positive ints)")
     if down is None or up is None:
-        bad.append(f"down_block_types={cfg.get('down_block_types')!r}, up_block_types={cfg.get('up_block_types')!r} "
-                   "(need lists of block type names)")
+        bad.append(
+            f"down_block_types={cfg.get('down_block_types')!r}, up_block_types={cfg.get('up_block_types')!r} "
+            "(need lists of block type names)"
+        )
     if boc is None or down is None or up is None:  # the checks below need all three
         raise ValueError(f"{source}: not the DDPM release's UNet; unsupported: " + "; ".join(bad))
     ch = boc[0]
@@ -161,14 +182,14 @@ def unet_config_from_diffusers(cfg: dict, source: str = "config.json") -> UNetCo
         bad.append(f"block_out_channels={boc} (each must be a multiple of the first)")
     if cfg.get("time_embedding_dim") not in (None, 4 * ch):
         bad.append(f"time_embedding_dim={cfg['time_embedding_dim']!r} (need None or {4 * ch})")
-    others = sorted({t for t in down if t not in ("DownBlock2D", "AttnDownBlock2D")}
-                    | {t for t in up if t not in ("UpBlock2D", "AttnUpBlock2D")})
+    others = sorted(
+        {t for t in down if t not in ("DownBlock2D", "AttnDownBlock2D")}
+        | {t for t in up if t not in ("UpBlock2D", "AttnUpBlock2D")}
+    )
     if others:
         bad.append(f"block types {others} (need DownBlock2D/AttnDownBlock2D, UpBlock2D/AttnUpBlock2D)")
     attn_levels = [i for i, t in enumerate(down) if t == "AttnDownBlock2D"]
-    if len(down) != len(boc) or [t == "AttnUpBlock2D" for t in reversed(up)] != [
-        t == "AttnDownBlock2D" for t in down
-    ]:
+    if len(down) != len(boc) or [t == "AttnUpBlock2D" for t in reversed(up)] != [t == "AttnDownBlock2D" for t in down]:
         bad.append(f"down_block_types={down}, up_block_types={up} (need one per level, up mirroring down)")
     head = cfg.get("attention_head_dim", 8)
     if head is not None and any(head != boc[i] for i in [*attn_levels, len(boc) - 1]):
@@ -181,7 +202,8 @@ def unet_config_from_diffusers(cfg: dict, source: str = "config.json") -> UNetCo
     if bad:
         raise ValueError(f"{source}: not the DDPM release's UNet; unsupported: " + "; ".join(bad))
     return _built(
-        UNetConfig, source,
+        UNetConfig,
+        source,
         resolution=size,
         in_channels=cfg.get("in_channels", 3),
         out_ch=cfg.get("out_channels", 3),
@@ -199,8 +221,10 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict:
     diffusers cannot express num_res_blocks=0 (see `unet_config_from_diffusers`).
     """
     if config.num_res_blocks < 1:
-        raise ValueError(f"diffusers' UNet2DModel needs num_res_blocks >= 1; this config has "
-                         f"{config.num_res_blocks} (strided convs only going down)")
+        raise ValueError(
+            f"diffusers' UNet2DModel needs num_res_blocks >= 1; this config has "
+            f"{config.num_res_blocks} (strided convs only going down)"
+        )
     attn = [config.resolution // 2**i in config.attn_resolutions for i in range(len(config.ch_mult))]
     return dict(
         sample_size=config.resolution,
@@ -234,9 +258,13 @@ def diffusion_config_from_diffusers(cfg: dict, source: str = "scheduler_config.j
         bad.append(f"beta_schedule={schedule!r} (need one of {sorted(_BETAS)})")
     if not isinstance(variance, str) or variance not in _VARIANCE:
         bad.append(f"variance_type={variance!r} (need one of {sorted(_VARIANCE)})")
-    for key, default, need in (("trained_betas", None, None), ("prediction_type", "epsilon", "epsilon"),
-                               ("thresholding", False, False), ("rescale_betas_zero_snr", False, False),
-                               ("clip_sample_range", 1.0, 1.0)):
+    for key, default, need in (
+        ("trained_betas", None, None),
+        ("prediction_type", "epsilon", "epsilon"),
+        ("thresholding", False, False),
+        ("rescale_betas_zero_snr", False, False),
+        ("clip_sample_range", 1.0, 1.0),
+    ):
         if cfg.get(key, default) != need:
             bad.append(f"{key}={cfg[key]!r} (need {need!r})")
     if bad:
@@ -244,7 +272,8 @@ def diffusion_config_from_diffusers(cfg: dict, source: str = "scheduler_config.j
     if not cfg.get("clip_sample", True):
         log.warning("%s has clip_sample=false: sample with clip=False to match it", source)
     return _built(
-        DiffusionConfig, source,
+        DiffusionConfig,
+        source,
         beta_schedule=_BETAS[schedule],
         beta_start=cfg.get("beta_start", 1e-4),
         beta_end=cfg.get("beta_end", 0.02),
@@ -307,5 +336,4 @@ def load_diffusers(folder) -> tuple[DiffusionConfig, UNetConfig, dict]:
 def diffusers_to_flax(state_dict: dict, config: UNetConfig, *, source: str = "state_dict") -> dict:
     """A UNet2DModel state_dict (either attention naming) -> our nested params."""
     keys = key_table(DIFFUSERS_TABLE, config)
-    return to_flax(rename_old_attention(state_dict), keys, config, source=source,
-                   config_label="from its config.json")
+    return to_flax(rename_old_attention(state_dict), keys, config, source=source, config_label="from its config.json")

@@ -13,8 +13,12 @@ from .safe_load import TORCH_SUFFIXES
 def looks_like_hub_id(name: str) -> bool:
     """owner/name, and not a mistyped path (./x, ~/x, x/model.ckpt)."""
     parts = name.split("/")
-    return (len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
-            and not name.endswith((".safetensors", *TORCH_SUFFIXES)))
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not name.startswith((".", "~"))
+        and not name.endswith((".safetensors", *TORCH_SUFFIXES))
+    )
 
 
 def hub_folder(repo_id: str) -> Path:

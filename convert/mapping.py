@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -85,8 +86,7 @@ def key_table(rules: tuple, config: UNetConfig) -> tuple[Key, ...]:
 def mismatches(state_dict: dict, keys: Sequence[Key]):
     """(missing, unexpected, mis-shaped) keys on their side, sorted; all empty when it fits."""
     want = {
-        k.theirs: tuple(theirs_from_ours(k.kind, k.leaf, np.broadcast_to(np.float32(0), k.shape)).shape)
-        for k in keys
+        k.theirs: tuple(theirs_from_ours(k.kind, k.leaf, np.broadcast_to(np.float32(0), k.shape)).shape) for k in keys
     }
     got = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
     missing = sorted(set(want) - set(got))
@@ -99,8 +99,9 @@ def fits(state_dict: dict, keys: Sequence[Key]) -> bool:
     return not any(mismatches(state_dict, keys))
 
 
-def to_flax(state_dict: dict, keys: Sequence[Key], config: UNetConfig, *, source: str,
-            config_label: str, hint: str = "") -> dict:
+def to_flax(
+    state_dict: dict, keys: Sequence[Key], config: UNetConfig, *, source: str, config_label: str, hint: str = ""
+) -> dict:
     """Their state_dict (numpy float arrays) -> our nested params, float32.
 
     Strict: every key of theirs is consumed, every param of ours filled, every
@@ -110,12 +111,12 @@ def to_flax(state_dict: dict, keys: Sequence[Key], config: UNetConfig, *, source
     bad = mismatches(state_dict, keys)
     if any(bad):
         raise ValueError(
-            f"{source} does not fit the UNet config {config_label} ({config}): "
-            f"{mismatch_summary(*bad)}{hint}"
+            f"{source} does not fit the UNet config {config_label} ({config}): {mismatch_summary(*bad)}{hint}"
         )
     flat = {
-        k.ours: np.ascontiguousarray(ours_from_theirs(k.kind, k.leaf, np.asarray(state_dict[k.theirs])),
-                                     dtype=np.float32)
+        k.ours: np.ascontiguousarray(
+            ours_from_theirs(k.kind, k.leaf, np.asarray(state_dict[k.theirs])), dtype=np.float32
+        )
         for k in keys
     }
     check_finite(flat, source=source)
@@ -125,7 +126,6 @@ def to_flax(state_dict: dict, keys: Sequence[Key], config: UNetConfig, *, source
 def from_flax(flat_params: dict, keys: Sequence[Key]) -> dict[str, np.ndarray]:
     """Our flattened params -> their state_dict of numpy float32 arrays."""
     return {
-        k.theirs: np.ascontiguousarray(theirs_from_ours(k.kind, k.leaf, np.asarray(flat_params[k.ours],
-                                                                                    np.float32)))
+        k.theirs: np.ascontiguousarray(theirs_from_ours(k.kind, k.leaf, np.asarray(flat_params[k.ours], np.float32)))
         for k in keys
     }

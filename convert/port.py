@@ -14,8 +14,12 @@ from .mapping import CONV, CONV1X1, LINEAR, NORM, fits, from_flax, key_table, to
 from .safe_load import load_state_dict
 
 _RESNET = (
-    ("norm1", NORM), ("conv1", CONV), ("temb_proj", LINEAR),
-    ("norm2", NORM), ("conv2", CONV), ("nin_shortcut", CONV1X1),
+    ("norm1", NORM),
+    ("conv1", CONV),
+    ("temb_proj", LINEAR),
+    ("norm2", NORM),
+    ("conv2", CONV),
+    ("nin_shortcut", CONV1X1),
 )
 _ATTN = (("norm", NORM), ("q", CONV1X1), ("k", CONV1X1), ("v", CONV1X1), ("proj_out", CONV1X1))
 
@@ -23,10 +27,16 @@ _ATTN = (("norm", NORM), ("q", CONV1X1), ("k", CONV1X1), ("v", CONV1X1), ("proj_
 PORT_TABLE = (
     ("temb/dense_{j}", "temb.dense.{j}", LINEAR),
     ("conv_in", "conv_in", CONV),
-    *((f"{side}_{{i}}/block_{{j}}/{n}", f"{side}.{{i}}.block.{{j}}.{n}", kind)
-      for side in ("down", "up") for n, kind in _RESNET),
-    *((f"{side}_{{i}}/attn_{{j}}/{n}", f"{side}.{{i}}.attn.{{j}}.{n}", kind)
-      for side in ("down", "up") for n, kind in _ATTN),
+    *(
+        (f"{side}_{{i}}/block_{{j}}/{n}", f"{side}.{{i}}.block.{{j}}.{n}", kind)
+        for side in ("down", "up")
+        for n, kind in _RESNET
+    ),
+    *(
+        (f"{side}_{{i}}/attn_{{j}}/{n}", f"{side}.{{i}}.attn.{{j}}.{n}", kind)
+        for side in ("down", "up")
+        for n, kind in _ATTN
+    ),
     ("down_{i}/downsample/conv", "down.{i}.downsample.conv", CONV),
     ("up_{i}/upsample/conv", "up.{i}.upsample.conv", CONV),
     *((f"mid/block_{{j}}/{n}", f"mid.block_{{j}}.{n}", kind) for n, kind in _RESNET),
@@ -41,8 +51,9 @@ def matching_presets(state_dict: dict) -> list[str]:
     return [name for name, cfg in UNET_PRESETS.items() if fits(state_dict, key_table(PORT_TABLE, cfg))]
 
 
-def port_to_flax(state_dict: dict, config: UNetConfig, *, source: str = "checkpoint",
-                 config_name: str | None = None) -> dict:
+def port_to_flax(
+    state_dict: dict, config: UNetConfig, *, source: str = "checkpoint", config_name: str | None = None
+) -> dict:
     """The port's state_dict (name -> numpy array) -> our nested params, strictly.
 
     On a mismatch the error names the offending keys, the config expected and

@@ -52,8 +52,14 @@ def _released(name, file_id, step, md5) -> PortCheckpoint:
     ema = "ema_" if name.startswith("ema_") else ""
     # The files are about 143 MB (cifar10) and 455 MB (lsun): bounds with room to spare.
     max_bytes = 300 * 10**6 if preset == "cifar10" else 10**9
-    return PortCheckpoint(_HEIBOX.format(file_id), f"{ema}diffusion_{data}_model/model-{step}.ckpt", md5,
-                          DIFFUSION_PRESETS[preset], UNET_PRESETS[preset], max_bytes)
+    return PortCheckpoint(
+        _HEIBOX.format(file_id),
+        f"{ema}diffusion_{data}_model/model-{step}.ckpt",
+        md5,
+        DIFFUSION_PRESETS[preset],
+        UNET_PRESETS[preset],
+        max_bytes,
+    )
 
 
 # name -> checkpoint; tests register tiny entries served on loopback.
@@ -62,8 +68,10 @@ REGISTRY: dict[str, PortCheckpoint] = {row[0]: _released(*row) for row in _RELEA
 # The same models in diffusers' format on the Hub; any other UNet2DModel repo
 # id of this architecture loads too.
 HUB_MODELS = tuple(
-    f"google/ddpm-{v}{d}" for d in ("cifar10-32", "church-256", "bedroom-256", "cat-256", "celebahq-256")
-    for v in ("", "ema-") if not (d == "cifar10-32" and v)
+    f"google/ddpm-{v}{d}"
+    for d in ("cifar10-32", "church-256", "bedroom-256", "cat-256", "celebahq-256")
+    for v in ("", "ema-")
+    if not (d == "cifar10-32" and v)
 )
 
 

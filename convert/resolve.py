@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from filelock import FileLock
 from safetensors import SafetensorError, safe_open
@@ -67,8 +67,9 @@ def _safetensors_kind(path: Path) -> str:
             "`ddpm-jax convert` or Diffusion.save_pretrained"
         ) from err
     if "time_embedding.linear_1.weight" in keys:
-        raise ValueError(f"{path} holds diffusers' UNet2DModel weights: pass the folder holding it and its "
-                         "config.json instead")
+        raise ValueError(
+            f"{path} holds diffusers' UNet2DModel weights: pass the folder holding it and its config.json instead"
+        )
     if "temb.dense.0.weight" not in keys:
         raise ValueError(
             f"{path} is a safetensors file but not ddpm_jax params (no format {FORMAT!r} metadata) and not "
@@ -93,8 +94,10 @@ def resolve(name) -> Source:
             return Source(_safetensors_kind(path), key, path)
         if path.suffix in TORCH_SUFFIXES:
             return Source("port", key, path)
-        raise ValueError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or one of "
-                         f"{', '.join(TORCH_SUFFIXES)}")
+        raise ValueError(
+            f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or one of "
+            f"{', '.join(TORCH_SUFFIXES)}"
+        )
     if looks_like_hub_id(key):
         return Source("diffusers", key, hub_folder(key), repo_id=key)
     raise ValueError(
@@ -130,8 +133,7 @@ def convert(source: Source, preset: str | None = None):
         return load_weights(source.path)
     if source.kind == "released":
         ckpt = _fetch_released(source)
-        params = port_to_flax(load_state_dict(ckpt), source.entry.unet_config,
-                              source=f"{ckpt} ({source.name})")
+        params = port_to_flax(load_state_dict(ckpt), source.entry.unet_config, source=f"{ckpt} ({source.name})")
         return source.entry.diffusion_config, source.entry.unet_config, params
     if source.kind == "port":
         return load_port(source.path, preset)
@@ -176,7 +178,7 @@ def _cached(name: str, make: Callable):
                 log.warning("converting again: %s", err)
         dcfg, ucfg, params = make()
         try:
-            save_weights(path, params, dcfg, ucfg)
+            save_weights(path, params, diffusion_config=dcfg, unet_config=ucfg)
             log.info("cached converted params at %s", path)
         except OSError as err:
             log.warning("could not cache the converted params at %s (%s); they are used from memory", path, err)

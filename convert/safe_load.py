@@ -34,8 +34,10 @@ def _check_torch_file(path: Path) -> bool:
         return True
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= pickle.HIGHEST_PROTOCOL:  # PROTO n
         return False
-    raise ValueError(f"{path} is not a PyTorch checkpoint: neither a zip archive (torch.save) nor a pickle "
-                     f"(it starts with {head!r}, {size} bytes)")
+    raise ValueError(
+        f"{path} is not a PyTorch checkpoint: neither a zip archive (torch.save) nor a pickle "
+        f"(it starts with {head!r}, {size} bytes)"
+    )
 
 
 def _imports(path: Path, is_zip: bool) -> list[str] | None:
@@ -108,11 +110,15 @@ def load_torch(path) -> dict[str, np.ndarray]:
                 f"refusing to load {path}: it is not a plain tensor checkpoint and unpickling it could "
                 f"run code (it imports {', '.join(sorted(set(calls))[:3])}; torch.load with weights_only=True: {why})"
             ) from None
-        raise ValueError(f"{path} is not a plain tensor checkpoint (torch.load with weights_only=True: {why})") from None
+        raise ValueError(
+            f"{path} is not a plain tensor checkpoint (torch.load with weights_only=True: {why})"
+        ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
         kind = "zip archive" if is_zip else "pickle"
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: a damaged or truncated {kind} "
-                         f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from err
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint: a damaged or truncated {kind} "
+            f"({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+        ) from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -128,6 +134,5 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
     if path.suffix in TORCH_SUFFIXES:
         return load_torch(path)
     raise ValueError(
-        f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or one of "
-        f"{', '.join(TORCH_SUFFIXES)}"
+        f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or one of {', '.join(TORCH_SUFFIXES)}"
     )

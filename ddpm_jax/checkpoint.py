@@ -79,8 +79,12 @@ def save_checkpoint(folder, state, metadata: dict, keep: int = 3) -> Path:
     if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite a checkpoint")
     flat = _flatten(state)
-    meta = {"format": FORMAT, "step": str(step), "sha256": tensor_digest(flat),
-            "run": json.dumps(metadata, sort_keys=True)}
+    meta = {
+        "format": FORMAT,
+        "step": str(step),
+        "sha256": tensor_digest(flat),
+        "run": json.dumps(metadata, sort_keys=True),
+    }
     with atomic_path(path) as tmp:
         save_file(flat, tmp, metadata=meta)
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
@@ -104,8 +108,7 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray], int]:
         raise ValueError(f"checkpoint {path} is unreadable ({err}); {hint}") from err
     if meta.get("format") != FORMAT:
         raise ValueError(
-            f"{path} is not a ddpm_jax training checkpoint (format {meta.get('format')!r}, "
-            f"expected {FORMAT!r}); {hint}"
+            f"{path} is not a ddpm_jax training checkpoint (format {meta.get('format')!r}, expected {FORMAT!r}); {hint}"
         )
     if tensor_digest(flat) != meta.get("sha256"):
         raise ValueError(f"checkpoint {path} is corrupt: its contents do not match their SHA-256; {hint}")

@@ -25,8 +25,7 @@ def check_int(name: str, value, lo: int, hi: int) -> int:
     return value
 
 
-def check_float(name: str, value, lo: float, hi: float, *, open_lo: bool = False,
-                open_hi: bool = False) -> float:
+def check_float(name: str, value, lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False) -> float:
     """`value` as a finite float in the interval lo..hi (each end closed unless told)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")

@@ -78,8 +78,10 @@ def linspace_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
     Beyond T-1 steps the rounding would repeat timesteps, where h = 0.
     """
     if not 1 <= steps <= num_timesteps - 1:
-        raise ValueError(f"steps={steps} is out of range; expected 1 <= steps <= {num_timesteps - 1} "
-                         "with linspace timesteps (the DPM-Solver++ samplers)")
+        raise ValueError(
+            f"steps={steps} is out of range; expected 1 <= steps <= {num_timesteps - 1} "
+            "with linspace timesteps (the DPM-Solver++ samplers)"
+        )
     return np.linspace(0, num_timesteps - 1, steps + 1).round()[1:].astype(np.int64)
 
 
@@ -109,8 +111,9 @@ def _dpm_solver_tables(abar: np.ndarray, abar_prev: np.ndarray) -> dict[str, np.
     )
 
 
-def coefficients_float64(config: DiffusionConfig, steps: int | None = None,
-                         spacing: str = "even") -> dict[str, np.ndarray]:
+def coefficients_float64(
+    config: DiffusionConfig, steps: int | None = None, spacing: str = "even"
+) -> dict[str, np.ndarray]:
     """All tables of `Coefficients` in float64 numpy (the reference precision).
 
     With `steps` < T the chain is respaced: beta_i = 1 - abar[tau_i] / abar[tau_{i-1}].
@@ -171,8 +174,7 @@ def coefficients_float64(config: DiffusionConfig, steps: int | None = None,
     )
 
 
-def make_coefficients(config: DiffusionConfig, steps: int | None = None,
-                      spacing: str = "even") -> Coefficients:
+def make_coefficients(config: DiffusionConfig, steps: int | None = None, spacing: str = "even") -> Coefficients:
     """The float64 tables cast once to float32 (timesteps to int32)."""
     tables = coefficients_float64(config, steps, spacing)
     return Coefficients(

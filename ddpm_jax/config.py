@@ -87,8 +87,13 @@ class UNetConfig:
         def set_int(field, limit):
             object.__setattr__(self, field, check_int(f"{name}.{field}", getattr(self, field), *LIMITS[limit]))
 
-        for field, limit in (("resolution", "resolution"), ("in_channels", "channels"),
-                             ("out_ch", "channels"), ("ch", "ch"), ("num_res_blocks", "num_res_blocks")):
+        for field, limit in (
+            ("resolution", "resolution"),
+            ("in_channels", "channels"),
+            ("out_ch", "channels"),
+            ("ch", "ch"),
+            ("num_res_blocks", "num_res_blocks"),
+        ):
             set_int(field, limit)
         # JSON round trips give lists; keep the dataclass hashable.
         ch_mult = _int_tuple(f"{name}.ch_mult", self.ch_mult, *LIMITS["ch_mult"])
@@ -104,8 +109,10 @@ class UNetConfig:
                 f"GroupNorm(32); ch={self.ch}, ch_mult={ch_mult} gives {sorted({w for w in widths if w % 32})}"
             )
         if max(widths) > LIMITS["ch"][1]:
-            raise ValueError(f"{name}: ch * ch_mult = {max(widths)} channels is out of range; "
-                             f"expected at most {LIMITS['ch'][1]} (ch={self.ch}, ch_mult={ch_mult})")
+            raise ValueError(
+                f"{name}: ch * ch_mult = {max(widths)} channels is out of range; "
+                f"expected at most {LIMITS['ch'][1]} (ch={self.ch}, ch_mult={ch_mult})"
+            )
         levels = len(ch_mult)
         if self.resolution % 2 ** (levels - 1):
             raise ValueError(
@@ -115,8 +122,9 @@ class UNetConfig:
         have = [self.resolution // 2**i for i in range(levels)]
         attn = _int_tuple(f"{name}.attn_resolutions", self.attn_resolutions, 1, self.resolution)
         if any(r not in have for r in attn):
-            raise ValueError(f"{name}.attn_resolutions={list(attn)} must be among the resolutions of "
-                             f"the levels, {have}")
+            raise ValueError(
+                f"{name}.attn_resolutions={list(attn)} must be among the resolutions of the levels, {have}"
+            )
         object.__setattr__(self, "attn_resolutions", attn)
 
 
@@ -128,15 +136,19 @@ DIFFUSION_PRESETS = {
 
 UNET_PRESETS = {
     "cifar10": UNetConfig(),
-    "lsun": UNetConfig(
-        resolution=256, ch_mult=(1, 1, 2, 2, 4, 4), attn_resolutions=(16,), dropout=0.0
-    ),
+    "lsun": UNetConfig(resolution=256, ch_mult=(1, 1, 2, 2, 4, 4), attn_resolutions=(16,), dropout=0.0),
     # The bundled model: scikit-learn's 8x8 digits upsampled to 16x16, grayscale.
     # No res blocks going down (strided convs only) keeps a 1000-step chain
     # cheap on a CPU; each level going up still has one.
     "digits": UNetConfig(
-        resolution=16, in_channels=1, out_ch=1, ch=32, ch_mult=(1, 1, 2),
-        num_res_blocks=0, attn_resolutions=(4,), dropout=0.0,
+        resolution=16,
+        in_channels=1,
+        out_ch=1,
+        ch=32,
+        ch_mult=(1, 1, 2),
+        num_res_blocks=0,
+        attn_resolutions=(4,),
+        dropout=0.0,
     ),
 }
 
@@ -154,7 +166,5 @@ def config_from_dict(cls, data: dict):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(
-            f"unknown {cls.__name__} fields {unknown}; valid: {sorted(names)}"
-        )
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid: {sorted(names)}")
     return cls(**data)

@@ -44,7 +44,7 @@ def _backend_started() -> bool:
     """Whether JAX has created its backends (then XLA_FLAGS is read already)."""
     if "jax" not in sys.modules:
         return False
-    from jax._src import xla_bridge  # no public equivalent in jax 0.10
+    from jax._src import xla_bridge  # noqa: PLC2701 (no public equivalent in jax 0.10)
 
     return xla_bridge.backends_are_initialized()
 
@@ -57,8 +57,10 @@ def missing(env=None) -> list[str]:
 
 
 def _hint() -> str:
-    return (f"call ddpm_jax.cpu_flags.use_cpu_flags() before any JAX computation, or start "
-            f"the process with XLA_FLAGS='{' '.join(flags())}'")
+    return (
+        f"call ddpm_jax.cpu_flags.use_cpu_flags() before any JAX computation, or start "
+        f"the process with XLA_FLAGS='{' '.join(flags())}'"
+    )
 
 
 def use_cpu_flags(env=None) -> bool:
@@ -73,8 +75,11 @@ def use_cpu_flags(env=None) -> bool:
     if add:
         target["XLA_FLAGS"] = " ".join([target.get("XLA_FLAGS", ""), *add]).strip()
     if env is None and add and _backend_started():
-        warnings.warn(f"JAX's backend already started, so the fast CPU path's XLA flags apply only to "
-                      f"a new process: {_hint()}", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"JAX's backend already started, so the fast CPU path's XLA flags apply only to a new process: {_hint()}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
     return True
 
@@ -83,5 +88,8 @@ def warn_if_missing(stacklevel: int = 3) -> None:
     """A RuntimeWarning when the fast CPU path runs without its XLA flags
     (Python shows it once per call site)."""
     if missing():
-        warnings.warn(f"the fast CPU path runs without its XLA flags (same results, slower): {_hint()}",
-                      RuntimeWarning, stacklevel=stacklevel)
+        warnings.warn(
+            f"the fast CPU path runs without its XLA flags (same results, slower): {_hint()}",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )

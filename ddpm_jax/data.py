@@ -34,8 +34,11 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
     d = load_digits()
     x_tr, x_te, y_tr, y_te = train_test_split(
-        d.images.astype(np.float32), d.target, test_size=DIGITS_TEST_FRACTION,
-        random_state=DIGITS_SPLIT_SEED, stratify=d.target,
+        d.images.astype(np.float32),
+        d.target,
+        test_size=DIGITS_TEST_FRACTION,
+        random_state=DIGITS_SPLIT_SEED,
+        stratify=d.target,
     )
     return x_tr, y_tr, x_te, y_te
 

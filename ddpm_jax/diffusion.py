@@ -12,17 +12,14 @@ import jax.numpy as jnp
 from .coefficients import Coefficients
 
 
-def _at(table: jax.Array, t: jax.Array) -> jax.Array:
-    """table[t] shaped (n, 1, 1, 1) to broadcast over NHWC."""
+def at(table: jax.Array, t: jax.Array) -> jax.Array:
+    """table[t] shaped (n, 1, 1, 1) to broadcast over NHWC: t int32 (n,) chain indices."""
     return table[t][:, None, None, None]
 
 
 def q_sample(x0, t, noise, coeffs: Coefficients):
     """x_t ~ q(x_t | x_0), eq. (4): sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
-    return (
-        _at(coeffs.sqrt_alphas_cumprod, t) * x0
-        + _at(coeffs.sqrt_one_minus_alphas_cumprod, t) * noise
-    )
+    return at(coeffs.sqrt_alphas_cumprod, t) * x0 + at(coeffs.sqrt_one_minus_alphas_cumprod, t) * noise
 
 
 def diffusion_step(x, t, noise, coeffs: Coefficients):
@@ -30,20 +27,17 @@ def diffusion_step(x, t, noise, coeffs: Coefficients):
 
     `x` has had t forward steps; the result has had t + 1 (the port's indexing).
     """
-    return _at(coeffs.sqrt_alphas, t) * x + _at(coeffs.sqrt_betas, t) * noise
+    return at(coeffs.sqrt_alphas, t) * x + at(coeffs.sqrt_betas, t) * noise
 
 
 def predict_x0(eps, x, t, coeffs: Coefficients):
     """x_0 implied by eps, inverting eq. (4): sqrt(1/abar) x_t - sqrt(1/abar - 1) eps."""
-    return (
-        _at(coeffs.sqrt_recip_alphas_cumprod, t) * x
-        - _at(coeffs.sqrt_recipm1_alphas_cumprod, t) * eps
-    )
+    return at(coeffs.sqrt_recip_alphas_cumprod, t) * x - at(coeffs.sqrt_recipm1_alphas_cumprod, t) * eps
 
 
 def q_posterior_mean(x0, x, t, coeffs: Coefficients):
     """Mean of q(x_{t-1} | x_t, x_0), eq. (7)."""
-    return _at(coeffs.posterior_mean_coef1, t) * x0 + _at(coeffs.posterior_mean_coef2, t) * x
+    return at(coeffs.posterior_mean_coef1, t) * x0 + at(coeffs.posterior_mean_coef2, t) * x
 
 
 def denoising_step(eps, x, t, noise, coeffs: Coefficients, clip=True):
@@ -71,7 +65,7 @@ def ddim_step(eps, x, t, noise, coeffs: Coefficients, clip=True, *, eta=0.0):
     solved for eps), so both terms of eq. 12 use the same prediction.
     Returns (x_{t-1}, predicted x_0).
     """
-    abar, abar_prev = _at(coeffs.alphas_cumprod, t), _at(coeffs.alphas_cumprod_prev, t)
+    abar, abar_prev = at(coeffs.alphas_cumprod, t), at(coeffs.alphas_cumprod_prev, t)
     pred_x0 = predict_x0(eps, x, t, coeffs)
     if clip:
         pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
@@ -81,8 +75,7 @@ def ddim_step(eps, x, t, noise, coeffs: Coefficients, clip=True, *, eta=0.0):
     return jnp.sqrt(abar_prev) * pred_x0 + direction + sigma * noise, pred_x0
 
 
-def dpm_solver_pp_step(eps, x, t, noise, coeffs: Coefficients, clip=True, *, prev_x0, has_prev,
-                       sde=False):
+def dpm_solver_pp_step(eps, x, t, noise, coeffs: Coefficients, clip=True, *, prev_x0, has_prev, sde=False):
     """One DPM-Solver++(2M) step from chain index t to t-1 (Lu et al. 2022, Alg. 2).
 
     With x_0 from eps (`predict_x0`; clipped to [-1, 1] when `clip`), the
@@ -102,12 +95,12 @@ def dpm_solver_pp_step(eps, x, t, noise, coeffs: Coefficients, clip=True, *, pre
     pred_x0 = predict_x0(eps, x, t, coeffs)
     if clip:
         pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
-    half_inv_r = jnp.where(has_prev, _at(coeffs.dpm_half_inv_r, t), 0.0)
+    half_inv_r = jnp.where(has_prev, at(coeffs.dpm_half_inv_r, t), 0.0)
     d = pred_x0 + half_inv_r * (pred_x0 - prev_x0)
-    sigma_next = _at(coeffs.sqrt_one_minus_alphas_cumprod_prev, t)
-    alpha_next = _at(coeffs.sqrt_alphas_cumprod_prev, t)
-    ratio = sigma_next / _at(coeffs.sqrt_one_minus_alphas_cumprod, t)
-    q = _at(coeffs.dpm_one_minus_exp_neg_h, t)
+    sigma_next = at(coeffs.sqrt_one_minus_alphas_cumprod_prev, t)
+    alpha_next = at(coeffs.sqrt_alphas_cumprod_prev, t)
+    ratio = sigma_next / at(coeffs.sqrt_one_minus_alphas_cumprod, t)
+    q = at(coeffs.dpm_one_minus_exp_neg_h, t)
     if not sde:
         return ratio * x + alpha_next * q * d, pred_x0
     q2 = q * (2.0 - q)  # 1 - e^{-2h}, without cancellation

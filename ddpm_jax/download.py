@@ -137,8 +137,10 @@ def _stream(url: str, fileobj, max_bytes: int, limits: Limits, stop_at: float, d
                 if now - window_start >= limits.window:
                     rate = window_bytes / (now - window_start)
                     if rate < limits.min_rate:
-                        raise _Retry(f"too slow: {rate:.0f} bytes/s over {now - window_start:.0f} s, "
-                                     f"below the minimum {limits.min_rate:.0f}")
+                        raise _Retry(
+                            f"too slow: {rate:.0f} bytes/s over {now - window_start:.0f} s, "
+                            f"below the minimum {limits.min_rate:.0f}"
+                        )
                     window_start, window_bytes = now, 0
     if total is not None and done != total:
         raise OSError(f"transfer cut short: {done} of {total} bytes")
@@ -151,8 +153,12 @@ def _locked(lock: FileLock, dest: Path, wait: float):
         lock.acquire(timeout=0)
         return
     except Timeout:
-        log.warning("another process is fetching %s; waiting for it to finish (at most %.0f s; lock %s)",
-                    dest.name, wait, lock.lock_file)
+        log.warning(
+            "another process is fetching %s; waiting for it to finish (at most %.0f s; lock %s)",
+            dest.name,
+            wait,
+            lock.lock_file,
+        )
     try:
         lock.acquire(timeout=wait)
     except Timeout:
@@ -162,8 +168,16 @@ def _locked(lock: FileLock, dest: Path, wait: float):
         ) from None
 
 
-def fetch(url: str, dest, md5: str, *, max_bytes: int = DEFAULT_MAX_BYTES, limits: Limits = Limits(),
-          retries: int = 3, backoff: float = 1.0) -> Path:
+def fetch(
+    url: str,
+    dest,
+    md5: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    limits: Limits = Limits(),
+    retries: int = 3,
+    backoff: float = 1.0,
+) -> Path:
     """`dest` with the given md5, downloading it from `url` unless already cached.
 
     A cached file with the wrong md5 (truncated, corrupt) is fetched again.
@@ -235,6 +249,7 @@ def hub_answers(endpoint: str | None = None, timeout: float = HUB_TIMEOUT) -> bo
     except urllib.error.HTTPError:
         return True
     except (OSError, HTTPException) as err:
-        log.warning("the Hugging Face Hub at %s did not answer within %g s (%s); using only its cache",
-                    endpoint, timeout, err)
+        log.warning(
+            "the Hugging Face Hub at %s did not answer within %g s (%s); using only its cache", endpoint, timeout, err
+        )
         return False

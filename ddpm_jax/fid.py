@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,8 +55,7 @@ def _array_images(x: np.ndarray, source) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise ValueError(f"{source}: expected uint8 images (n, H, W) or (n, H, W, 1|3), "
-                         f"got {x.dtype} {x.shape}")
+        raise ValueError(f"{source}: expected uint8 images (n, H, W) or (n, H, W, 1|3), got {x.dtype} {x.shape}")
     return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
 
@@ -95,21 +95,21 @@ def load_images(spec) -> np.ndarray:
     images = [_read_image(f) for f in files]
     sizes = {im.shape for im in images}
     if len(sizes) > 1:
-        raise ValueError(f"the images in {path} differ in size ({sorted(sizes)[:4]}); FID compares images "
-                         "of one size")
+        raise ValueError(f"the images in {path} differ in size ({sorted(sizes)[:4]}); FID compares images of one size")
     return np.stack(images)
 
 
-def inception_features(images: np.ndarray, net: nn.Module, *, batch: int = 50, device="cpu",
-                       progress: Callable[[int], None] | None = None) -> Features:
+def inception_features(
+    images: np.ndarray, net: nn.Module, *, batch: int = 50, device="cpu", progress: Callable[[int], None] | None = None
+) -> Features:
     """Pool3 features and logits of (n, H, W, 3) uint8 images, `batch` at a time."""
     pools, logits = [], []
     with torch.inference_mode():
         for start in range(0, len(images), batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch].transpose(0, 3, 1, 2)))
-            p, l = net(x.to(device))
-            pools.append(p.cpu().numpy())
-            logits.append(l.cpu().numpy())
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch].transpose(0, 3, 1, 2)))
+            pool, logit = net(x.to(device))
+            pools.append(pool.cpu().numpy())
+            logits.append(logit.cpu().numpy())
             if progress is not None:
                 progress(len(x))
     return Features(np.concatenate(pools), np.concatenate(logits))
@@ -176,16 +176,20 @@ def frechet_distance(a: Stats, b: Stats) -> float:
         n = max(s.n, 2)  # any count >= 2 gives back the same mu and S
         mu = torch.from_numpy(np.asarray(s.mu, np.float64))
         setattr(metric, f"{side}_features_sum", n * mu)
-        setattr(metric, f"{side}_features_cov_sum",
-                (n - 1) * torch.from_numpy(np.asarray(s.sigma, np.float64)) + n * torch.outer(mu, mu))
+        setattr(
+            metric,
+            f"{side}_features_cov_sum",
+            (n - 1) * torch.from_numpy(np.asarray(s.sigma, np.float64)) + n * torch.outer(mu, mu),
+        )
         setattr(metric, f"{side}_features_num_samples", torch.tensor(n))
     metric.orig_dtype = torch.float64  # what `update` would have recorded
     with _quiet():
         return float(metric.compute())
 
 
-def kernel_inception_distance(pool_a, pool_b, *, subset_size: int = 1000, subsets: int = 100,
-                              seed: int = 0) -> tuple[float, float, int]:
+def kernel_inception_distance(
+    pool_a, pool_b, *, subset_size: int = 1000, subsets: int = 100, seed: int = 0
+) -> tuple[float, float, int]:
     """KID's mean and standard deviation over `subsets` random subsets, and the subset size used
     (at most the size of the smaller set)."""
     from torchmetrics.image.kid import KernelInceptionDistance

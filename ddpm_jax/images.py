@@ -26,8 +26,7 @@ def to_uint8(x, clip: bool = False) -> np.ndarray:
     y = np.rint((x + 1.0) * 127.5)
     if not clip and (y.min() < 0 or y.max() > 255):
         raise ValueError(
-            f"x has values in [{x.min():.3f}, {x.max():.3f}], outside [-1, 1]; "
-            "pass clip=True to clamp them"
+            f"x has values in [{x.min():.3f}, {x.max():.3f}], outside [-1, 1]; pass clip=True to clamp them"
         )
     return y.astype(np.uint8)
 
@@ -113,8 +112,9 @@ def _unit_plane(im: Image.Image, scale: float, name: str) -> Image.Image:
     a = np.asarray(im)
     lo, hi = (a.min().item(), a.max().item()) if a.size else (0, 0)  # in the image's own type
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > scale:
-        raise ValueError(f"{name}: a mode {im.mode} image with values in [{lo:g}, {hi:g}]; "
-                         f"expected [0, {scale:g}] for this mode")
+        raise ValueError(
+            f"{name}: a mode {im.mode} image with values in [{lo:g}, {hi:g}]; expected [0, {scale:g}] for this mode"
+        )
     return Image.fromarray((a / scale).astype(np.float32), mode="F")
 
 
@@ -145,8 +145,10 @@ def open_image(source) -> Image.Image:
             im.load()
             ImageOps.exif_transpose(im, in_place=True)  # keeps im.format, which `_full_scale` reads
     except Image.DecompressionBombError as err:
-        raise ValueError(f"{name}: refusing a possible decompression bomb ({err}; the limit is "
-                         f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels)") from None
+        raise ValueError(
+            f"{name}: refusing a possible decompression bomb ({err}; the limit is "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels)"
+        ) from None
     return im
 
 
@@ -187,3 +189,15 @@ def load_image(source, resolution: int | None = None, channels: int | None = Non
         x = np.clip(plane, 0.0, 1.0) * 2.0 - 1.0
     x = x[..., None] if x.ndim == 2 else x
     return np.repeat(x, channels, axis=-1) if x.shape[-1] != channels else x
+
+
+def read_picture(path, resolution: int, channels: int, what: str) -> np.ndarray:
+    """A picture file at a model's resolution: HWC float32 in [-1, 1] (`load_image`); errors
+    name it as `what` (e.g. a flag): FileNotFoundError when missing, ValueError when unreadable."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path}: no such file")
+    try:
+        return load_image(path, resolution, channels)
+    except OSError as err:
+        raise ValueError(f"{what} {path} is not a readable picture ({err})") from err

@@ -64,12 +64,15 @@ class InceptionA(nn.Module):
         self.branch_pool = BasicConv2d(cin, pool_features, 1)
 
     def forward(self, x):
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg_pool(x)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg_pool(x)),
+            ],
+            1,
+        )
 
 
 class InceptionB(nn.Module):
@@ -83,11 +86,14 @@ class InceptionB(nn.Module):
         self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, stride=2)
 
     def forward(self, x):
-        return torch.cat([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, 3, stride=2),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
 
 class InceptionC(nn.Module):
@@ -110,12 +116,15 @@ class InceptionC(nn.Module):
         dbl = x
         for i in range(1, 6):
             dbl = getattr(self, f"branch7x7dbl_{i}")(dbl)
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-            dbl,
-            self.branch_pool(_avg_pool(x)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
+                dbl,
+                self.branch_pool(_avg_pool(x)),
+            ],
+            1,
+        )
 
 
 class InceptionD(nn.Module):
@@ -161,12 +170,17 @@ class InceptionE(nn.Module):
         b3 = self.branch3x3_1(x)
         dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pooled = _avg_pool(x) if self.pool == "avg" else F.max_pool2d(x, 3, stride=1, padding=1)
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-            self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl),
-            self.branch_pool(pooled),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(b3),
+                self.branch3x3_2b(b3),
+                self.branch3x3dbl_3a(dbl),
+                self.branch3x3dbl_3b(dbl),
+                self.branch_pool(pooled),
+            ],
+            1,
+        )
 
 
 def tf1_bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -230,11 +244,11 @@ def weights_path(path=None) -> Path:
     if not path:
         raise FileNotFoundError(
             f"no Inception weights given: pass --inception-weights PATH or set ${WEIGHTS_ENV} to "
-            f"{WEIGHTS_NAME} (download it where there is network from {WEIGHTS_URL})")
+            f"{WEIGHTS_NAME} (download it where there is network from {WEIGHTS_URL})"
+        )
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"Inception weights {path} not found; expected {WEIGHTS_NAME} "
-                                f"(from {WEIGHTS_URL})")
+        raise FileNotFoundError(f"Inception weights {path} not found; expected {WEIGHTS_NAME} (from {WEIGHTS_URL})")
     return path
 
 
@@ -254,6 +268,8 @@ def load_inception(path=None, device="cpu") -> InceptionV3:
         raise ValueError(f"{path} does not fit the FID Inception-v3 ({WEIGHTS_NAME}): {err}") from err
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"{path} does not fit the FID Inception-v3 ({WEIGHTS_NAME}): missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path} does not fit the FID Inception-v3 ({WEIGHTS_NAME}): missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return net.eval().requires_grad_(False).to(device)

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .coefficients import Coefficients
-from .diffusion import _at, denoising_step, diffusion_step
-from .sampling import _REPAINT, EpsFn, _per_sample_normal
+from .diffusion import at, denoising_step, diffusion_step
+from .sampling import REPAINT, EpsFn, per_sample_normal, run_chunk
 
 REVERSE, FORWARD = 0, 1
 # The paper's setting (Sec. 5): 250 steps, jump length 10, 10 resamplings.
@@ -31,8 +31,9 @@ def default_steps(num_timesteps: int) -> int:
     return min(PAPER_STEPS, num_timesteps)
 
 
-def jump_schedule(num_steps: int, jump_length: int = PAPER_JUMP_LENGTH,
-                  jump_n_sample: int = PAPER_JUMP_N_SAMPLE) -> np.ndarray:
+def jump_schedule(
+    num_steps: int, jump_length: int = PAPER_JUMP_LENGTH, jump_n_sample: int = PAPER_JUMP_N_SAMPLE
+) -> np.ndarray:
     """RePaint's time schedule with jumps (Lugmayr et al. 2022, Sec. 4.2 and Fig. 4).
 
     Rows (t, direction) int32 of shape (K, 2), from x_T (`num_steps` forward
@@ -69,13 +70,28 @@ def repaint_step(eps, x, t, noise, known, mask, coeffs: Coefficients, clip=True)
     Returns (x_{t-1}, predicted x_0 of the model).
     """
     unknown, pred_x0 = denoising_step(eps, x, t, noise, coeffs, clip=clip)
-    abar_prev = _at(coeffs.alphas_cumprod_prev, t)
+    abar_prev = at(coeffs.alphas_cumprod_prev, t)
     kept = jnp.sqrt(abar_prev) * known + jnp.sqrt(1.0 - abar_prev) * noise
     return mask * kept + (1.0 - mask) * unknown, pred_x0
 
 
-def repaint_chunk(eps_fn: EpsFn, params, coeffs: Coefficients, x, pred_x0, known, mask, rows,
-                  first, n_valid, key, sample_ids, *, chunk: int, clip: bool = True):
+def repaint_chunk(
+    eps_fn: EpsFn,
+    params,
+    coeffs: Coefficients,
+    x,
+    pred_x0,
+    known,
+    mask,
+    rows,
+    first,
+    n_valid,
+    key,
+    sample_ids,
+    *,
+    chunk: int,
+    clip: bool = True,
+):
     """Up to `chunk` iterations of a jump schedule, from x.
 
     `rows` (chunk, 2) int32 are iterations first, first + 1, ... of the
@@ -83,29 +99,23 @@ def repaint_chunk(eps_fn: EpsFn, params, coeffs: Coefficients, x, pred_x0, known
     coeffs.timesteps[t], a FORWARD row does not) and is skipped otherwise.
     Returns (x, pred_x0 of the last REVERSE row run so far).
     """
-    stream = jax.random.fold_in(key, _REPAINT)
     n = x.shape[0]
 
-    def noise_at(k):
-        return _per_sample_normal(stream, sample_ids, first + k, x.shape[1:])
-
-    def reverse(carry, t, k):
-        tt = jnp.full((n,), t, jnp.int32)
-        eps = eps_fn(params, carry[0], coeffs.timesteps[tt])
-        return repaint_step(eps, carry[0], tt, noise_at(k), known, mask, coeffs, clip=clip)
-
-    def forward(carry, t, k):
-        return diffusion_step(carry[0], jnp.full((n,), t, jnp.int32), noise_at(k), coeffs), carry[1]
-
-    def skip(carry, t, k):
-        return carry
-
-    def body(carry, k):
+    def step(carry, k):
         t, direction = rows[k, 0], rows[k, 1]
-        branch = jnp.where(k < n_valid, direction, 2)
-        return jax.lax.switch(branch, (reverse, forward, skip), carry, t, k), None
+        tt = jnp.full((n,), t, jnp.int32)
+        noise = per_sample_normal(key, REPAINT, sample_ids, first + k, x.shape[1:])
 
-    (x, pred_x0), _ = jax.lax.scan(body, (x, pred_x0), jnp.arange(chunk))
+        def reverse(carry):
+            eps = eps_fn(params, carry[0], coeffs.timesteps[tt])
+            return repaint_step(eps, carry[0], tt, noise, known, mask, coeffs, clip=clip)
+
+        def forward(carry):
+            return diffusion_step(carry[0], tt, noise, coeffs), carry[1]
+
+        return jax.lax.switch(direction, (reverse, forward), carry)
+
+    x, pred_x0 = run_chunk(step, (x, pred_x0), n_valid, chunk)
     return x, pred_x0
 
 

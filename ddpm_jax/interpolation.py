@@ -23,8 +23,7 @@ def check_lambdas(lambdas) -> np.ndarray:
         raise ValueError(f"lambdas must be a non-empty 1-D list of weights, got shape {lam.shape}")
     if not np.isfinite(lam).all() or lam.min() < 0.0 or lam.max() > 1.0:
         raise ValueError(
-            f"lambdas must lie in [0, 1] (0: image a, 1: image b), got {lam.tolist()}; "
-            "e.g. numpy.linspace(0, 1, k)"
+            f"lambdas must lie in [0, 1] (0: image a, 1: image b), got {lam.tolist()}; e.g. numpy.linspace(0, 1, k)"
         )
     return lam.astype(np.float32)
 

@@ -17,15 +17,16 @@ over the image's dimensions and given in bits (/ ln 2). Images are on the
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .coefficients import Coefficients
-from .diffusion import predict_x0, q_posterior_mean, q_sample
-from .sampling import EpsFn, bound_noise
+from .diffusion import at, predict_x0, q_posterior_mean, q_sample
+from .sampling import BOUND, EpsFn, per_sample_normal, run_chunk
 
 LN2 = math.log(2.0)
 BIN = 1.0 / 255.0  # half the gap between two levels of the grid on [-1, 1]
@@ -47,8 +48,7 @@ class Bound(NamedTuple):
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * jnp.exp(-logvar2))
+    return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * jnp.exp(-logvar2))
 
 
 def approx_standard_normal_cdf(x):
@@ -72,8 +72,9 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     lo, hi = inv_std * (x - means - BIN), inv_std * (x - means + BIN)
     cdf = approx_standard_normal_cdf
     mass = jnp.where(x > means, cdf(-lo) - cdf(-hi), cdf(hi) - cdf(lo))
-    return jnp.where(x < -0.999, _floored_log(cdf(hi)),
-                     jnp.where(x > 0.999, _floored_log(cdf(-lo)), _floored_log(mass)))
+    return jnp.where(
+        x < -0.999, _floored_log(cdf(hi)), jnp.where(x > 0.999, _floored_log(cdf(-lo)), _floored_log(mass))
+    )
 
 
 def _floored_log(p):
@@ -82,10 +83,6 @@ def _floored_log(p):
 
 def _mean_flat(x):
     return jnp.mean(x, axis=tuple(range(1, x.ndim)))
-
-
-def _at(table, t):
-    return table[t][:, None, None, None]
 
 
 def vb_term_bpd(eps, x0, x_t, t, coeffs: Coefficients, clip=True):
@@ -101,9 +98,10 @@ def vb_term_bpd(eps, x0, x_t, t, coeffs: Coefficients, clip=True):
     if clip:
         pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
     model_mean = q_posterior_mean(pred_x0, x_t, t, coeffs)
-    model_logvar = _at(coeffs.model_log_variance_clipped, t)
-    kl = normal_kl(q_posterior_mean(x0, x_t, t, coeffs), _at(coeffs.posterior_log_variance_clipped, t),
-                   model_mean, model_logvar)
+    model_logvar = at(coeffs.model_log_variance_clipped, t)
+    kl = normal_kl(
+        q_posterior_mean(x0, x_t, t, coeffs), at(coeffs.posterior_log_variance_clipped, t), model_mean, model_logvar
+    )
     nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
     term = jnp.where(t == 0, _mean_flat(nll), _mean_flat(kl)) / LN2
     return term, _mean_flat((pred_x0 - x0) ** 2)
@@ -117,8 +115,9 @@ def prior_bpd(x0, coeffs: Coefficients):
     return _mean_flat(normal_kl(mean, logvar, 0.0, 0.0)) / LN2
 
 
-def bound_chunk(eps_fn: EpsFn, params, coeffs: Coefficients, x0, start, key, sample_ids, *,
-                chunk: int, clip: bool = True):
+def bound_chunk(
+    eps_fn: EpsFn, params, coeffs: Coefficients, x0, start, key, sample_ids, *, chunk: int, clip: bool = True
+):
     """The terms at t = start .. start + chunk - 1, one `lax.scan` (jit it, `chunk` static).
 
     x_t = q_sample(x_0, t, noise) with the noise of (key, sample id, t), so an
@@ -127,26 +126,22 @@ def bound_chunk(eps_fn: EpsFn, params, coeffs: Coefficients, x0, start, key, sam
     Returns (terms, mse), each (chunk, n).
     """
     n, T = x0.shape[0], coeffs.num_timesteps
+    zero = jnp.zeros((chunk, n), jnp.float32)
 
-    def term(t):
-        tt = jnp.full((n,), t, jnp.int32)
-        x_t = q_sample(x0, tt, bound_noise(key, sample_ids, t, x0.shape[1:]), coeffs)
-        return vb_term_bpd(eps_fn(params, x_t, coeffs.timesteps[tt]), x0, x_t, tt, coeffs, clip=clip)
-
-    def skip(t):
-        zero = jnp.zeros((n,), jnp.float32)
-        return zero, zero
-
-    def body(carry, k):
+    def term(carry, k):
         t = start + k
-        return carry, jax.lax.cond(t < T, term, skip, t)
+        tt = jnp.full((n,), t, jnp.int32)
+        x_t = q_sample(x0, tt, per_sample_normal(key, BOUND, sample_ids, t, x0.shape[1:]), coeffs)
+        term, mse = vb_term_bpd(eps_fn(params, x_t, coeffs.timesteps[tt]), x0, x_t, tt, coeffs, clip=clip)
+        return carry[0].at[k].set(term), carry[1].at[k].set(mse)
 
-    _, (terms, mse) = jax.lax.scan(body, None, jnp.arange(chunk))
+    terms, mse = run_chunk(term, (zero, zero), T - start, chunk)
     return terms, mse
 
 
-def variational_bound(chunk_fn: Callable, params, coeffs: Coefficients, x0, key, sample_ids, *,
-                      chunk: int, clip: bool = True) -> Bound:
+def variational_bound(
+    chunk_fn: Callable, params, coeffs: Coefficients, x0, key, sample_ids, *, chunk: int, clip: bool = True
+) -> Bound:
     """The whole bound of a batch (the release's `calc_bpd_loop`), T / chunk calls of `chunk_fn`.
 
     `chunk_fn` is `bound_chunk` jitted with its eps_fn and `chunk` bound.
@@ -167,8 +162,7 @@ def grid_images(x0, image_shape) -> np.ndarray:
     if not hasattr(x0, "shape") or not hasattr(x0, "dtype"):
         raise TypeError(f"x0 must be an array {want}, got {type(x0).__name__}")
     if x0.ndim != 4 or tuple(x0.shape[1:]) != tuple(image_shape) or x0.shape[0] < 1:
-        raise ValueError(f"x0 has shape {tuple(x0.shape)}; this model expects {want}, n >= 1 "
-                         "(one image: x0[None])")
+        raise ValueError(f"x0 has shape {tuple(x0.shape)}; this model expects {want}, n >= 1 (one image: x0[None])")
     x = np.asarray(x0)
     if x.dtype == np.uint8:
         return (x / 127.5 - 1.0).astype(np.float32)  # float64 then one cast, as below
@@ -181,9 +175,11 @@ def grid_images(x0, image_shape) -> np.ndarray:
     levels = (x.astype(np.float64) + 1.0) * 127.5
     off = np.abs(levels - np.rint(levels)).max()
     if off > 1e-3:
-        raise ValueError(f"x0 is not on the 8-bit grid (a value lies {off / 127.5:.3g} from the nearest "
-                         "k / 127.5 - 1); the bound's decoder is discrete: pass uint8 images, e.g. "
-                         "Diffusion.to_uint8(x0, clip=True)")
+        raise ValueError(
+            f"x0 is not on the 8-bit grid (a value lies {off / 127.5:.3g} from the nearest "
+            "k / 127.5 - 1); the bound's decoder is discrete: pass uint8 images, e.g. "
+            "Diffusion.to_uint8(x0, clip=True)"
+        )
     return (np.rint(levels) / 127.5 - 1.0).astype(np.float32)
 
 

@@ -35,7 +35,7 @@ def sample_bytes(config: UNetConfig) -> int:
     return 4 * floats
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def device_bytes(device=None) -> int:
     """The memory of `device` (default: the first local one): its allocator's
     limit on an accelerator, the machine's RAM on a CPU."""

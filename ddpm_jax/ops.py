@@ -89,15 +89,15 @@ class Ops:
             y = winograd.conv(x, kernel, m, dot_dtype=self.dot_dtype)
         else:
             (x, kernel), out = self._operands(x, kernel)
-            y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                             dimension_numbers=_DIMS, preferred_element_type=out)
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (stride, stride), padding, dimension_numbers=_DIMS, preferred_element_type=out
+            )
         return y + bias.astype(y.dtype)
 
     def dot_general(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
         """`lax.dot_general` for nn.Dense, in `dot_dtype` when there is one."""
         (lhs, rhs), out = self._operands(lhs, rhs)
-        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                                   preferred_element_type=out)
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=out)
 
     def promote(self, *args, dtype=None, inexact=True):
         """nn.Dense's dtype promotion; with `dot_dtype` the dot casts, so nothing here."""
@@ -122,6 +122,7 @@ class Precision(NamedTuple):
 
     def cast(self, params: dict) -> dict:
         """Every leaf of `params` in its run dtype (cast once, at load)."""
+
         def one(path, a):
             return jnp.asarray(a, self.kernels if path[-1].key == "kernel" else self.others)
 

@@ -7,30 +7,29 @@ forward steps x has had (T for pure noise x_T, 0 for a clean image).
 from __future__ import annotations
 
 import copy
-from functools import cached_property, partial
-from typing import Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from . import cpu_flags, images
-from .checks import check_float, check_int as _check_int
-from .coefficients import make_coefficients
-from .diffusion import ddim_step, denoising_step, dpm_solver_pp_step
+from . import cpu_flags, images, samplers
+from .checks import check_int
+from .coefficients import Coefficients, make_coefficients
 from .config import DiffusionConfig, UNetConfig
-from .inpainting import (PAPER_JUMP_LENGTH, PAPER_JUMP_N_SAMPLE, check_mask, default_steps, jump_schedule,
-                         repaint_chunk)
+from .inpainting import PAPER_JUMP_LENGTH, PAPER_JUMP_N_SAMPLE, check_mask, default_steps, jump_schedule, repaint_chunk
 from .interpolation import check_lambdas, lerp, slerp
-from .memory import check_batch
 from .likelihood import Bound, bound_chunk, grid_images, variational_bound
-from .sampling import denoise_chunk, diffuse_chunk, initial_noise
+from .memory import check_batch
 from .ops import CONVS, PRECISIONS, choose_ops
+from .samplers import Sampler
+from .sampling import denoise_chunk, diffuse_chunk, initial_noise
 from .sharding import replicate, shard_batch
 from .unet import UNet, layout_params, run_shapes
 from .weights import check_params, flatten_params, save_weights
-
 
 
 class Step(NamedTuple):
@@ -48,7 +47,6 @@ class Step(NamedTuple):
 
 
 Callback = Callable[[Step], None]
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde")
 
 
 # Seeds are ints in [0, 2**64): the two 32-bit words of a threefry key. Seeds
@@ -62,23 +60,14 @@ def as_key(key) -> jax.Array:
     if key is None:
         key = 0
     if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-        seed = _check_int("seed", key, *SEED_RANGE)
+        seed = check_int("seed", key, *SEED_RANGE)
         words = np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
         return jax.random.wrap_key_data(words, impl="threefry2x32")
-    if isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-                                       or (key.dtype == jnp.uint32 and key.shape == (2,))):
+    if isinstance(key, jax.Array) and (
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))
+    ):
         return key
-    raise TypeError(f"key must be an int seed in [0, 2**64) or a jax.random key, "
-                    f"got {type(key).__name__} {key!r:.80}")
-
-
-def _reverse_step(sampler: str, eta: float):
-    """The step function of `sampler` for `denoise_chunk`, and whether it is multistep."""
-    if sampler == "ddpm":
-        return denoising_step, False
-    if sampler == "ddim":
-        return partial(ddim_step, eta=eta), False
-    return partial(dpm_solver_pp_step, sde=sampler == "dpmpp_2m_sde"), True
+    raise TypeError(f"key must be an int seed in [0, 2**64) or a jax.random key, got {type(key).__name__} {key!r:.80}")
 
 
 def _apply_unet(model: UNet, dtype, params, x, t):
@@ -106,8 +95,10 @@ def _check_images(name, x, shape) -> np.ndarray:
     if a.ndim != 4 or a.shape[1:] != shape or not len(a):
         raise ValueError(f"{name} has shape {np.shape(x)}; this model expects {shape} or (m, *{shape}) NHWC")
     if not np.isfinite(a).all() or a.min() < -1.0 or a.max() > 1.0:
-        raise ValueError(f"{name} must be finite and in [-1, 1], got values in [{np.nanmin(a):.3f}, "
-                         f"{np.nanmax(a):.3f}]; rescale it (uint8 u: u / 127.5 - 1)")
+        raise ValueError(
+            f"{name} must be finite and in [-1, 1], got values in [{np.nanmin(a):.3f}, "
+            f"{np.nanmax(a):.3f}]; rescale it (uint8 u: u / 127.5 - 1)"
+        )
     return a.astype(np.float32)
 
 
@@ -117,26 +108,38 @@ def _broadcast(name, a: np.ndarray, n: int) -> np.ndarray:
     return np.broadcast_to(a, (n, *a.shape[1:]))
 
 
+class Chain(NamedTuple):
+    """A sampler over a chain of `steps` of the model's timesteps, and its
+    tables: `coeffs` of length `steps`, and `padded`, the same zero-padded to
+    length T, so that one compiled chunk serves every chain length."""
+
+    sampler: Sampler
+    steps: int
+    coeffs: Coefficients
+    padded: Coefficients
+
+
 class Diffusion:
-    """A DDPM: UNet params plus the diffusion process they were trained with.
+    """A DDPM: UNet params plus the diffusion process they were trained with,
+    and a default sampler.
 
     Sampling runs in jitted chunks of `chunk_size` steps (one compilation per
-    batch shape); callbacks and progress happen between chunks.
+    batch shape and sampler); callbacks and progress happen between chunks.
 
     With a `mesh` (see `sharding.data_mesh`) the batch is split over its
     devices and the params replicated; n must be a multiple of its size.
 
-    `steps` < T respaces the chain to that many of the model's timesteps,
-    evenly spread; `sampler` "ddpm" (Alg. 2 on the respaced process) or
-    "ddim" (eq. 12, `eta` 0 deterministic). `num_timesteps` is then `steps`,
-    and `curr_step` counts along the respaced chain.
-
-    "dpmpp_2m" is DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), "dpmpp_2m_sde"
-    its SDE variant, both as diffusers' `DPMSolverMultistepScheduler` runs
-    them (solver_order 2, midpoint, the last step to sigma = 0); they need
-    `steps` in [1, T-1] and visit diffusers' linspace timesteps. They are
-    multistep: each step also uses the previous step's pred_x0, so to resume
-    such a chain pass the `Step`'s pred_x0 back (see `denoise_steps`).
+    `sampler` (a name in `ddpm_jax.samplers.names()` or a `Sampler`) and
+    `steps` are the default chain: `steps` < T respaces it to that many of
+    the model's timesteps, as the sampler spaces them ("ddpm": Alg. 2 on the
+    respaced process; "ddim": eq. 12, `eta` 0 deterministic; "dpmpp_2m" and
+    "dpmpp_2m_sde": DPM-Solver++(2M) and its SDE variant as diffusers'
+    `DPMSolverMultistepScheduler` runs them, 1 <= steps <= T-1). `eta` is
+    refused for a sampler without one. `num_timesteps` is the default chain's
+    length S, and `curr_step` counts along the chain a call runs. Every
+    `denoise*`/`diffuse*` call may run another chain (`sampler=`, `steps=`)
+    on the same compiled UNet. Multistep samplers also use the previous
+    step's pred_x0: to resume such a chain pass the `Step`'s pred_x0 back.
 
     `precision` is how the UNet computes (the step math stays float32):
     "float32"; "bfloat16", everything in bfloat16; "mixed_bf16", bfloat16
@@ -148,19 +151,33 @@ class Diffusion:
     fast CPU path's XLA flags see `ddpm_jax.cpu_flags`.
     """
 
-    def __init__(self, diffusion_config: DiffusionConfig, unet_config: UNetConfig,
-                 params: dict, *, chunk_size: int = 10, steps: int | None = None,
-                 sampler: str = "ddpm", eta: float = 0.0, precision: str = "float32",
-                 conv: str = "auto", mesh: Mesh | None = None):
+    # Coefficient tables kept per (spacing, steps): a few KB each.
+    TABLES_KEPT = 64
+
+    def __init__(
+        self,
+        *,
+        diffusion_config: DiffusionConfig,
+        unet_config: UNetConfig,
+        params: dict,
+        sampler: str | Sampler = "ddpm",
+        steps: int | None = None,
+        eta: float | None = None,
+        chunk_size: int = 10,
+        precision: str = "float32",
+        conv: str = "auto",
+        mesh: Mesh | None = None,
+    ):
         check_params(flatten_params(params), unet_config)
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if conv not in CONVS:
             raise ValueError(f"unknown conv {conv!r}; valid: {', '.join(CONVS)}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         self.diffusion_config = diffusion_config
         self.unet_config = unet_config
+        self.sampler = samplers.get(sampler, eta)
+        self.num_timesteps = self.sampler.check_steps(steps, diffusion_config.num_diffusion_timesteps)
+        self.chunk_size = check_int("chunk_size", chunk_size, 1, 10**6)
         self.precision, self.conv = precision, conv
         backend = jax.default_backend()
         self.model = UNet(unet_config, choose_ops(precision, conv, backend))
@@ -170,31 +187,53 @@ class Diffusion:
         shapes = jax.tree.leaves(run_shapes(unet_config, self.model.ops))
         if backend == "cpu" and any(len(s.shape) == 4 and s.shape[0] != 3 for s in shapes):
             cpu_flags.warn_if_missing()  # some conv runs as Winograd
-        T = diffusion_config.num_diffusion_timesteps
-        step_fn, multistep = _reverse_step(sampler, float(eta))
-        if multistep:
-            if steps is None:
-                raise ValueError(f"sampler {sampler!r} needs steps, 1 <= steps <= {T - 1} (say steps=20)")
-            steps = _check_int("steps", steps, 1, T - 1)
-        else:
-            steps = T if steps is None else _check_int("steps", steps, 1, T)
-        self.coeffs = make_coefficients(diffusion_config, steps, "linspace" if multistep else "even")
-        self.num_timesteps = self.coeffs.num_timesteps
-        # DDIM's eta interpolates between DDIM (0) and DDPM's variance (1), Song et al. eq. 16.
-        self.sampler, self.eta = sampler, check_float("eta", eta, 0.0, 1.0)
-        self.chunk_size = _check_int("chunk_size", chunk_size, 1, 10**6)
+        self._tables: dict[tuple[str, int], tuple[Coefficients, Coefficients]] = {}
+        self._run: dict[str, dict] = {}  # run params, made on first use
         eps_fn = partial(_apply_unet, self.model, self.dtype)
         self._denoise_chunk = jax.jit(
-            partial(denoise_chunk, eps_fn, chunk=self.chunk_size, step_fn=step_fn, multistep=multistep),
-            static_argnames="clip",
+            partial(denoise_chunk, eps_fn, chunk=self.chunk_size), static_argnames=("clip", "sampler")
         )
         self._diffuse_chunk = jax.jit(partial(diffuse_chunk, chunk=self.chunk_size))
         self._bound_chunk = jax.jit(partial(bound_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip")
+        self._repaint_chunk = jax.jit(partial(repaint_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip")
 
-    @cached_property
+    @property
+    def eta(self) -> float | None:
+        """The default sampler's eta (None for a sampler without one)."""
+        return self.sampler.eta
+
+    @property
+    def coeffs(self) -> Coefficients:
+        """The default chain's tables."""
+        return self.chain().coeffs
+
+    def _table(self, spacing: str, steps: int) -> tuple[Coefficients, Coefficients]:
+        """The chain's tables and the same padded to length T, made once (a bounded cache)."""
+        key = (spacing, steps)
+        if key not in self._tables:
+            if len(self._tables) >= self.TABLES_KEPT:
+                self._tables.pop(next(iter(self._tables)))
+            coeffs = make_coefficients(self.diffusion_config, steps, spacing)
+            T = self.diffusion_config.num_diffusion_timesteps
+            self._tables[key] = coeffs, jax.tree.map(lambda a: jnp.pad(a, (0, T - a.shape[0])), coeffs)
+        return self._tables[key]
+
+    def chain(self, sampler: str | Sampler | None = None, steps: int | None = None) -> Chain:
+        """The chain a call runs: the default one, or `sampler` (default: this
+        model's) over `steps` (default: all T where the sampler allows it)."""
+        if sampler is None and steps is None:
+            sampler, steps = self.sampler, self.num_timesteps
+        sampler = self.sampler if sampler is None else samplers.get(sampler)
+        steps = sampler.check_steps(steps, self.diffusion_config.num_diffusion_timesteps)
+        return Chain(sampler, steps, *self._table(sampler.spacing, steps))
+
+    @property
     def run_params(self) -> dict:
-        """The params as the UNet runs them (made on first use, see `_prepare`)."""
-        return self._prepare(self.params)
+        """The params as the UNet runs them (made on first use, see `_prepare`;
+        shared with the models `respaced` makes)."""
+        if "params" not in self._run:
+            self._run["params"] = self._prepare(self.params)
+        return self._run["params"]
 
     def _prepare(self, params):
         """Params as the UNet runs them: Winograd kernels transformed and
@@ -203,14 +242,14 @@ class Diffusion:
         run = PRECISIONS[self.precision].cast(layout_params(self.unet_config, self.model.ops, params))
         return run if self.mesh is None else replicate(run, self.mesh)
 
-    def with_params(self, params) -> "Diffusion":
+    def with_params(self, params) -> Diffusion:
         """The same model and sampler with other params (say, a training run's
         EMA params): it shares this object's compiled chunks, so nothing
         recompiles."""
         check_params(flatten_params(params), self.unet_config)
         new = copy.copy(self)
         new.params = jax.tree.map(jnp.asarray, params)
-        new.run_params = new._prepare(new.params)
+        new._run = {"params": new._prepare(new.params)}
         return new
 
     def eps(self, x, t, params=None) -> jax.Array:
@@ -220,20 +259,38 @@ class Diffusion:
         t int32 (n,) model timesteps; float32 out. Traceable (jit it)."""
         return _apply_unet(self.model, self.dtype, self.run_params if params is None else params, x, t)
 
-    def respaced(self, steps: int | None, sampler: str = "ddpm", eta: float = 0.0, **kwargs) -> "Diffusion":
-        """The same model sampling a chain of `steps` steps (strided DDPM, DDIM or DPM-Solver++)."""
-        kwargs.setdefault("chunk_size", self.chunk_size)
-        kwargs.setdefault("precision", self.precision)
-        kwargs.setdefault("conv", self.conv)
-        kwargs.setdefault("mesh", self.mesh)
-        new = Diffusion(self.diffusion_config, self.unet_config, self.params,
-                        steps=steps, sampler=sampler, eta=eta, **kwargs)
-        if (new.model.ops, new.precision, new.mesh) == (self.model.ops, self.precision, self.mesh):
-            new.run_params = self.run_params  # the same layout: not made twice
+    def respaced(
+        self, steps: int | None, sampler: str | Sampler = "ddpm", eta: float | None = None, **kwargs
+    ) -> Diffusion:
+        """The same model with another default chain: `sampler` over `steps`.
+
+        Shares params, run params and compiled chunks (nothing recompiles)
+        unless `kwargs` change how the UNet runs (`precision`, `conv`,
+        `mesh`, `chunk_size`), which builds a new model on the same params.
+        """
+        sampler = samplers.get(sampler, eta)
+        steps = sampler.check_steps(steps, self.diffusion_config.num_diffusion_timesteps)
+        same = {"chunk_size": self.chunk_size, "precision": self.precision, "conv": self.conv, "mesh": self.mesh}
+        if any(kwargs.get(k, v) is not v and kwargs.get(k, v) != v for k, v in same.items()):
+            new = Diffusion(
+                diffusion_config=self.diffusion_config,
+                unet_config=self.unet_config,
+                params=self.params,
+                sampler=sampler,
+                steps=steps,
+                **{**same, **kwargs},
+            )
+            if (new.model.ops, new.precision, new.mesh) == (self.model.ops, self.precision, self.mesh):
+                new._run = self._run  # the same layout: not made twice
+            return new
+        if kwargs.keys() - same.keys():
+            raise TypeError(f"respaced() got unexpected arguments: {', '.join(sorted(kwargs.keys() - same.keys()))}")
+        new = copy.copy(self)
+        new.sampler, new.num_timesteps = sampler, steps
         return new
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs) -> "Diffusion":
+    def from_pretrained(cls, name_or_path, **kwargs) -> Diffusion:
         """A bundled or released name, a Hub id or a local path (see `ddpm_jax.convert.resolve`).
 
         The one door from the core to the converters, imported only when called.
@@ -241,11 +298,11 @@ class Diffusion:
         from .convert.resolve import load_pretrained
 
         dcfg, ucfg, params = load_pretrained(name_or_path)
-        return cls(dcfg, ucfg, params, **kwargs)
+        return cls(diffusion_config=dcfg, unet_config=ucfg, params=params, **kwargs)
 
     def save_pretrained(self, path):
         """Write params and configs to one .safetensors file."""
-        save_weights(path, self.params, self.diffusion_config, self.unet_config)
+        save_weights(path, self.params, diffusion_config=self.diffusion_config, unet_config=self.unet_config)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -262,36 +319,52 @@ class Diffusion:
             raise ValueError(f"{name} has dtype {x.dtype}; this model expects float32 ({name}.astype('float32'))")
         x = jnp.asarray(x)
         if not bool(jnp.isfinite(x).all()):
-            raise ValueError(f"{name} holds NaN or infinite values; it must be finite (images in [-1, 1], or "
-                             "a chain's x_t)")
+            raise ValueError(
+                f"{name} holds NaN or infinite values; it must be finite (images in [-1, 1], or a chain's x_t)"
+            )
         return x
 
     def _ids(self, n, first_index):
-        n = _check_int("n", n, 1, 2**31 - 1)
-        first_index = _check_int("first_index", first_index, 0, 2**31 - 1 - n)
+        n = check_int("n", n, 1, 2**31 - 1)
+        first_index = check_int("first_index", first_index, 0, 2**31 - 1 - n)
         check_batch(n, self.unet_config, 1 if self.mesh is None else self.mesh.size)
         return n, self._place(jnp.arange(first_index, first_index + n, dtype=jnp.int32))
 
     def _place(self, batch):
         return batch if self.mesh is None else shard_batch(batch, self.mesh)
 
-    def denoise_steps(self, n, n_steps=None, x=None, curr_step=None, key=None, *,
-                      clip=True, first_index=0, pred_x0=None) -> Iterator[Step]:
+    def denoise_steps(
+        self,
+        n,
+        n_steps=None,
+        x=None,
+        curr_step=None,
+        key=None,
+        *,
+        clip=True,
+        first_index=0,
+        pred_x0=None,
+        sampler: str | Sampler | None = None,
+        steps: int | None = None,
+    ) -> Iterator[Step]:
         """Validate, then iterate the reverse chain: yields a `Step` per chunk.
 
         Starts from x (which has had `curr_step` forward steps) or, when x is
         None, from fresh noise x_T. Runs t = curr_step-1 down to
-        curr_step-n_steps. Sample i is numbered first_index + i for its noise.
+        curr_step-n_steps of the chain (`chain(sampler, steps)`: the default
+        one unless either is given). Sample i is numbered first_index + i for
+        its noise.
 
         `pred_x0` resumes a multistep chain (DPM-Solver++): pass the `Step`'s
         x, step and pred_x0 together and the rest equals one call. Without it
         the first step from x is first order (a fresh start from x_t, as when
         x was diffused there); DDPM and DDIM do not read it.
         """
-        T = self.num_timesteps
+        chain = self.chain(sampler, steps)
+        T = chain.steps
         n, ids = self._ids(n, first_index)
-        curr_step = _check_int("curr_step", T if curr_step is None else curr_step, 1, T)
-        n_steps = _check_int("n_steps", curr_step if n_steps is None else n_steps, 1, curr_step)
+        curr_step = check_int("curr_step", T if curr_step is None else curr_step, 1, T)
+        n_steps = check_int("n_steps", curr_step if n_steps is None else n_steps, 1, curr_step)
         key = as_key(key)
         if x is None:
             if curr_step != T:
@@ -301,78 +374,94 @@ class Diffusion:
             x = self._place(self._check_x(x, n))
         if pred_x0 is not None:
             if curr_step == T:
-                raise ValueError(f"pred_x0 is the previous step's prediction; at curr_step=T={T} "
-                                 "there is none: leave it out (None)")
+                raise ValueError(
+                    f"pred_x0 is the previous step's prediction; at curr_step=T={T} there is none: leave it out (None)"
+                )
             pred_x0 = self._place(self._check_x(pred_x0, n, "pred_x0"))
-        return self._denoise_iter(x, curr_step, n_steps, key, ids, bool(clip), pred_x0)
+        return self._denoise_iter(chain, x, curr_step, n_steps, key, ids, bool(clip), pred_x0)
 
-    def _denoise_iter(self, x, step, remaining, key, ids, clip, pred_x0=None):
+    def _denoise_iter(self, chain: Chain, x, step, remaining, key, ids, clip, pred_x0=None):
         has_prev = pred_x0 is not None
         pred_x0 = jnp.zeros_like(x) if pred_x0 is None else pred_x0
         while remaining > 0:
             k = min(self.chunk_size, remaining)
             x, pred_x0 = self._denoise_chunk(
-                self.run_params, self.coeffs, x, pred_x0, step, k, key, ids, has_prev, clip=clip
+                self.run_params, chain.padded, x, pred_x0, step, k, key, ids, has_prev, clip=clip, sampler=chain.sampler
             )
             step, remaining, has_prev = step - k, remaining - k, True
             yield Step(x, step, pred_x0)
 
-    def diffuse_steps(self, n, n_steps=None, x=None, curr_step=None, key=None, *,
-                      first_index=0) -> Iterator[Step]:
+    def diffuse_steps(
+        self,
+        n,
+        n_steps=None,
+        x=None,
+        curr_step=None,
+        key=None,
+        *,
+        first_index=0,
+        sampler: str | Sampler | None = None,
+        steps: int | None = None,
+    ) -> Iterator[Step]:
         """Validate, then iterate the forward chain: yields a `Step` (pred_x0 None) per chunk.
 
-        Runs t = curr_step up to curr_step+n_steps-1 (curr_step defaults to 0).
+        Runs t = curr_step up to curr_step+n_steps-1 (curr_step defaults to 0)
+        of the chain `chain(sampler, steps)` (its timesteps; diffusing uses no
+        sampler's step).
         """
-        T = self.num_timesteps
+        T = self.chain(sampler, steps).steps
         n, ids = self._ids(n, first_index)
-        curr_step = _check_int("curr_step", 0 if curr_step is None else curr_step, 0, T - 1)
-        n_steps = _check_int("n_steps", T - curr_step if n_steps is None else n_steps, 1, T - curr_step)
+        curr_step = check_int("curr_step", 0 if curr_step is None else curr_step, 0, T - 1)
+        n_steps = check_int("n_steps", T - curr_step if n_steps is None else n_steps, 1, T - curr_step)
         if x is None:
             raise ValueError("diffuse needs x: the images (n, H, W, C) float32 in [-1, 1] to noise")
         x = self._place(self._check_x(x, n))
-        return self._diffuse_iter(x, curr_step, n_steps, as_key(key), ids)
+        return self._diffuse_iter(self.chain(sampler, steps), x, curr_step, n_steps, as_key(key), ids)
 
-    def _diffuse_iter(self, x, step, remaining, key, ids):
+    def _diffuse_iter(self, chain: Chain, x, step, remaining, key, ids):
         while remaining > 0:
             k = min(self.chunk_size, remaining)
-            x = self._diffuse_chunk(self.coeffs, x, step, k, key, ids)
+            x = self._diffuse_chunk(chain.padded, x, step, k, key, ids)
             step, remaining = step + k, remaining - k
             yield Step(x, step)
 
-    def denoise(self, n, n_steps=None, x=None, curr_step=None, key=None,
-                callback: Callback | None = None, *, clip=True, first_index=0, pred_x0=None) -> jax.Array:
-        """Run the reverse chain (Alg. 2, or `sampler`'s); callback(Step) between chunks. Returns x."""
-        chain = self.denoise_steps(n, n_steps, x, curr_step, key, clip=clip, first_index=first_index,
-                                   pred_x0=pred_x0)
-        return _run(chain, callback)
+    def denoise(
+        self, n, n_steps=None, x=None, curr_step=None, key=None, callback: Callback | None = None, **kwargs
+    ) -> jax.Array:
+        """Run the reverse chain (Alg. 2, or the sampler's); callback(Step) between chunks. Returns x.
+        Keyword arguments as `denoise_steps` (clip, first_index, pred_x0, sampler, steps)."""
+        return _run(self.denoise_steps(n, n_steps, x, curr_step, key, **kwargs), callback)
 
-    def diffuse(self, n, n_steps=None, x=None, curr_step=None, key=None,
-                callback: Callback | None = None, *, first_index=0) -> jax.Array:
-        """Run the forward chain (eq. 2); callback(Step) between chunks. Returns x."""
-        return _run(self.diffuse_steps(n, n_steps, x, curr_step, key, first_index=first_index), callback)
+    def diffuse(
+        self, n, n_steps=None, x=None, curr_step=None, key=None, callback: Callback | None = None, **kwargs
+    ) -> jax.Array:
+        """Run the forward chain (eq. 2); callback(Step) between chunks. Returns x.
+        Keyword arguments as `diffuse_steps` (first_index, sampler, steps)."""
+        return _run(self.diffuse_steps(n, n_steps, x, curr_step, key, **kwargs), callback)
 
-    @cached_property
-    def _repaint_chunk(self):
-        eps_fn = partial(_apply_unet, self.model, self.dtype)
-        return jax.jit(partial(repaint_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip")
-
-    def _padded_coeffs(self, steps):
-        """The process respaced to `steps`, its tables zero-padded to length T:
-        the same compiled chunk serves every `steps`."""
-        T = self.diffusion_config.num_diffusion_timesteps
-        coeffs = make_coefficients(self.diffusion_config, steps)
-        return jax.tree.map(lambda a: jnp.pad(a, (0, T - a.shape[0])), coeffs)
-
-    def inpaint_steps(self, image, mask, n=None, key=None, *, steps=None,
-                      jump_length=PAPER_JUMP_LENGTH, jump_n_sample=PAPER_JUMP_N_SAMPLE, clip=True,
-                      first_index=0, x=None, start=0) -> Iterator[Step]:
+    def inpaint_steps(
+        self,
+        image,
+        mask,
+        n=None,
+        key=None,
+        *,
+        steps=None,
+        jump_length=PAPER_JUMP_LENGTH,
+        jump_n_sample=PAPER_JUMP_N_SAMPLE,
+        clip=True,
+        first_index=0,
+        x=None,
+        start=0,
+    ) -> Iterator[Step]:
         """Validate, then iterate RePaint (Lugmayr et al. 2022, Alg. 1): yields a `Step` per chunk.
 
         `image` (H, W, C) or (m, H, W, C) float32 in [-1, 1]; `mask` 1 keeps a
         pixel, 0 fills it: (H, W), (H, W, 1|C) or with a leading batch (see
         `inpainting.check_mask`). n completions (default: the batch of image
         and mask); a batch of 1 is shared by all. The model's T-step process
-        is respaced to `steps` (default min(250, T), the paper's 250), and
+        is respaced to `steps` (default: the model's own DDPM chain if it is
+        respaced, else min(250, T), the paper's 250), and
         the chain follows `inpainting.jump_schedule(steps, jump_length,
         jump_n_sample)`; jump_n_sample=1 is the cheap "replacement" method
         (no jumps). Each chunk runs `chunk_size` iterations of the schedule;
@@ -382,17 +471,26 @@ class Diffusion:
         its noise; it starts from the x_T `denoise` would give it.
         """
         T = self.diffusion_config.num_diffusion_timesteps
-        steps = _check_int("steps", default_steps(T) if steps is None else steps, 1, T)
-        jump_n_sample = _check_int("jump_n_sample", jump_n_sample, 1, 10**4)
+        if self.sampler.name != "ddpm":
+            raise ValueError(
+                f"inpaint runs RePaint, which is defined on DDPM steps (Lugmayr et al. 2022, Alg. 1); "
+                f"this model's sampler is {self.sampler.name!r}: call inpaint on a DDPM model "
+                f"(as loaded, or model.respaced(None)) and choose RePaint's chain with steps="
+            )
+        if steps is None:
+            steps = self.num_timesteps if self.num_timesteps < T else default_steps(T)
+        steps = check_int("steps", steps, 1, T)
+        jump_n_sample = check_int("jump_n_sample", jump_n_sample, 1, 10**4)
         if jump_n_sample > 1:
-            jump_length = _check_int("jump_length", jump_length, 1, max(1, steps - 1))
+            jump_length = check_int("jump_length", jump_length, 1, max(1, steps - 1))
         schedule = jump_schedule(steps, jump_length, jump_n_sample)
-        start = _check_int("start", start, 0, len(schedule) - 1)
+        start = check_int("start", start, 0, len(schedule) - 1)
         known = _check_images("image", image, self.image_shape)
         masks = check_mask(mask, self.image_shape)
         n, ids = self._ids(max(len(known), len(masks)) if n is None else n, first_index)
-        known, masks = (self._place(jnp.asarray(_broadcast(name, a, n)))
-                        for name, a in (("image", known), ("mask", masks)))
+        known, masks = (
+            self._place(jnp.asarray(_broadcast(name, a, n))) for name, a in (("image", known), ("mask", masks))
+        )
         key = as_key(key)
         if x is None:
             if start:
@@ -400,17 +498,18 @@ class Diffusion:
             x = initial_noise(key, ids, self.image_shape)
         else:
             x = self._place(self._check_x(x, n))
-        return self._inpaint_iter(x, known, masks, schedule, start, self._padded_coeffs(steps), key, ids,
-                                  bool(clip))
+        ddpm = self.chain(samplers.get("ddpm"), steps)
+        return self._inpaint_iter(x, known, masks, schedule, start, ddpm.padded, key, ids, bool(clip))
 
     def _inpaint_iter(self, x, known, mask, schedule, pos, coeffs, key, ids, clip):
         pred_x0, c = jnp.zeros_like(x), self.chunk_size
         while pos < len(schedule):
-            rows = schedule[pos:pos + c]
+            rows = schedule[pos : pos + c]
             padded = np.zeros((c, 2), np.int32)
-            padded[:len(rows)] = rows
-            x, pred_x0 = self._repaint_chunk(self.run_params, coeffs, x, pred_x0, known, mask, padded, pos,
-                                             len(rows), key, ids, clip=clip)
+            padded[: len(rows)] = rows
+            x, pred_x0 = self._repaint_chunk(
+                self.run_params, coeffs, x, pred_x0, known, mask, padded, pos, len(rows), key, ids, clip=clip
+            )
             pos += len(rows)
             t, direction = rows[-1]
             yield Step(x, int(t + direction), pred_x0)  # a FORWARD row leaves x at t + 1
@@ -420,8 +519,7 @@ class Diffusion:
         Returns x_0 (n, H, W, C); keyword arguments as `inpaint_steps`."""
         return _run(self.inpaint_steps(image, mask, n, key, **kwargs), callback)
 
-    def interpolate_steps(self, image_a, image_b, t, lambdas, key=None, *, clip=True,
-                          index=0) -> Iterator[Step]:
+    def interpolate_steps(self, image_a, image_b, t, lambdas, key=None, *, clip=True, index=0) -> Iterator[Step]:
         """Validate, encode, then iterate the decoding of Sec. 4.4: yields a `Step` per chunk.
 
         Images a and b (H, W, C) float32 in [-1, 1] are diffused to x_t
@@ -433,18 +531,23 @@ class Diffusion:
         curr_step=t, key=key, first_index=index)` for a (b), and no lambda
         depends on the others.
         """
-        t = _check_int("t", t, 1, self.num_timesteps)
+        t = check_int("t", t, 1, self.num_timesteps)
         lam = check_lambdas(lambdas)
-        pair = np.concatenate([_broadcast(name, _check_images(name, img, self.image_shape), 1)
-                               for name, img in (("image_a", image_a), ("image_b", image_b))])
-        index = _check_int("index", index, 0, 2**31 - 1)
+        pair = np.concatenate(
+            [
+                _broadcast(name, _check_images(name, img, self.image_shape), 1)
+                for name, img in (("image_a", image_a), ("image_b", image_b))
+            ]
+        )
+        index = check_int("index", index, 0, 2**31 - 1)
         key = as_key(key)
         same = jnp.full((2,), index, jnp.int32)  # the same forward noise for a and b
-        x_t = _run(self._diffuse_iter(jnp.asarray(pair), 0, t, key, same), None)
+        x_t = _run(self._diffuse_iter(self.chain(), jnp.asarray(pair), 0, t, key, same), None)
         return self._decode_mix(lerp(x_t[0], x_t[1], lam), t, key, index, clip)
 
-    def interpolate(self, image_a, image_b, t, lambdas, key=None, callback: Callback | None = None,
-                    **kwargs) -> jax.Array:
+    def interpolate(
+        self, image_a, image_b, t, lambdas, key=None, callback: Callback | None = None, **kwargs
+    ) -> jax.Array:
         """Interpolate two images through x_t (Sec. 4.4, Fig. 8): (k, H, W, C), one per lambda.
         Keyword arguments as `interpolate_steps`."""
         return _run(self.interpolate_steps(image_a, image_b, t, lambdas, key, **kwargs), callback)
@@ -457,7 +560,7 @@ class Diffusion:
         lam = check_lambdas(lambdas)
         if len(indices) != 2:
             raise ValueError(f"indices must name two samples (a, b), got {indices!r}")
-        ia, ib = (_check_int("indices", i, 0, 2**31 - 1) for i in indices)
+        ia, ib = (check_int("indices", i, 0, 2**31 - 1) for i in indices)
         key = as_key(key)
         x_T = initial_noise(key, jnp.array([ia, ib], jnp.int32), self.image_shape)
         return self._decode_mix(slerp(x_T[0], x_T[1], lam), self.num_timesteps, key, ia, clip)
@@ -467,9 +570,9 @@ class Diffusion:
         return _run(self.interpolate_noise_steps(lambdas, key, **kwargs), callback)
 
     def _decode_mix(self, x, t, key, index, clip):
-        """The reverse chain from t for a batch that shares sample number `index`."""
+        """The default chain from t for a batch that shares sample number `index`."""
         ids = self._place(jnp.full((x.shape[0],), index, jnp.int32))
-        return self._denoise_iter(self._place(x), t, t, key, ids, bool(clip))
+        return self._denoise_iter(self.chain(), self._place(x), t, t, key, ids, bool(clip))
 
     def bpd(self, x0, key=None, *, clip=True, first_index=0) -> Bound:
         """The variational bound (eq. 5) of each image in bits/dim, as the release's
@@ -479,11 +582,24 @@ class Diffusion:
         clips the predicted x_0 to [-1, 1] (the release's default). Image i's
         noise at step t depends only on (key, first_index + i, t). One
         compilation per batch shape; with a mesh, n must be a multiple of its size.
+
+        The bound is that of the model's own T-step process (eq. 5), whatever
+        the default sampler: a respaced model gives the same bits/dim as the
+        model it came from (the sampler is how to draw, not what the model is).
         """
         x0 = grid_images(x0, self.image_shape)
         _, ids = self._ids(x0.shape[0], first_index)
-        return variational_bound(self._bound_chunk, self.run_params, self.coeffs, self._place(jnp.asarray(x0)),
-                                 as_key(key), ids, chunk=self.chunk_size, clip=bool(clip))
+        full = self.chain(samplers.get("ddpm"), self.diffusion_config.num_diffusion_timesteps)
+        return variational_bound(
+            self._bound_chunk,
+            self.run_params,
+            full.coeffs,
+            self._place(jnp.asarray(x0)),
+            as_key(key),
+            ids,
+            chunk=self.chunk_size,
+            clip=bool(clip),
+        )
 
     @staticmethod
     def to_uint8(x, clip=False) -> np.ndarray:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -35,8 +36,9 @@ def _label(v: float) -> str:
     return f"{v:.0e}" if v and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:g}"
 
 
-def line_chart(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str, log_y: bool = False,
-               size=(480, 340)) -> np.ndarray:
+def line_chart(
+    series: Sequence[Series], *, title: str, xlabel: str, ylabel: str, log_y: bool = False, size=(480, 340)
+) -> np.ndarray:
     """One chart of `series` (y against x) as an RGB uint8 array; on a log y axis
     the points with y <= 0 are left out."""
     w, h = size

@@ -32,7 +32,5 @@ def get_beta_schedule(name, *, beta_start, beta_end, num_diffusion_timesteps):
         # 1/T, 1/(T-1), ..., 1: ends at beta = 1, so abar[T-1] = 0.
         betas = 1.0 / np.linspace(T, 1, T, dtype=np.float64)
     else:
-        raise ValueError(
-            f"unknown beta schedule {name!r}; valid: {', '.join(SCHEDULES)}"
-        )
+        raise ValueError(f"unknown beta schedule {name!r}; valid: {', '.join(SCHEDULES)}")
     return betas

@@ -11,7 +11,8 @@ import logging
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ def shard_batch(x, mesh: Mesh):
     return jax.device_put(x, NamedSharding(mesh, P(DATA)))
 
 
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
     """jax.distributed.initialize with explicit flags, or from the environment JAX reads.
 
     Call before any other JAX work. Safe to call in a single process: with no
@@ -55,7 +57,5 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     else:
         if None in (coordinator, num_processes, process_id):
             raise ValueError("--coordinator, --num-processes and --process-id go together")
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
-    log.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
-             jax.local_device_count())
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    log.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count())

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from .checks import check_float, check_int
 from .coefficients import Coefficients
@@ -53,7 +55,10 @@ TRAIN_PRESETS = {
     # Small and fast on a CPU: short warmup, an EMA averaging over ~1k steps,
     # and no flips (a mirrored digit is not a digit).
     "digits": TrainConfig(
-        learning_rate=1e-3, warmup_steps=200, ema_decay=0.999, batch_size=64,
+        learning_rate=1e-3,
+        warmup_steps=200,
+        ema_decay=0.999,
+        batch_size=64,
         random_flip=False,
     ),
 }
@@ -123,8 +128,9 @@ def sample_batch(data: jax.Array, key, batch_size: int, random_flip: bool) -> ja
 
 
 @functools.lru_cache(maxsize=8)
-def make_train_step(unet_config: UNetConfig, cfg: TrainConfig, mesh: Mesh | None = None
-                    ) -> Callable[[TrainState, jax.Array, Coefficients], tuple[TrainState, dict]]:
+def make_train_step(
+    unet_config: UNetConfig, cfg: TrainConfig, mesh: Mesh | None = None
+) -> Callable[[TrainState, jax.Array, Coefficients], tuple[TrainState, dict]]:
     """A jitted (state, data, coeffs) -> (state, metrics) for one update.
 
     With a `mesh` (state and data replicated on it, see `sharding`), the batch
@@ -136,8 +142,9 @@ def make_train_step(unet_config: UNetConfig, cfg: TrainConfig, mesh: Mesh | None
     model = UNet(unet_config)
     tx = make_optimizer(cfg)
     if mesh is not None and cfg.batch_size % mesh.size:
-        raise ValueError(f"batch size {cfg.batch_size} does not split over {mesh.size} devices; "
-                         f"use a multiple of {mesh.size}")
+        raise ValueError(
+            f"batch size {cfg.batch_size} does not split over {mesh.size} devices; use a multiple of {mesh.size}"
+        )
 
     @jax.jit
     def train_step(state: TrainState, data, coeffs):

@@ -28,9 +28,9 @@ import numpy as np
 from . import images
 from .atomic import write_bytes
 from .checkpoint import list_checkpoints, read_checkpoint, restore_state, save_checkpoint
+from .checks import check_int
 from .coefficients import make_coefficients
 from .config import DiffusionConfig, UNetConfig, config_to_dict
-from .checks import check_int
 from .pipeline import Diffusion
 from .sharding import data_mesh, replicate
 from .train import TrainConfig, TrainState, init_state, make_train_step
@@ -58,8 +58,11 @@ class RunOptions:
 
 def run_metadata(dcfg: DiffusionConfig, ucfg: UNetConfig, tcfg: TrainConfig) -> dict:
     """What a checkpoint records of its run (JSON-ready), to refuse resuming with other settings."""
-    meta = {"diffusion_config": config_to_dict(dcfg), "unet_config": config_to_dict(ucfg),
-            "train_config": config_to_dict(tcfg)}
+    meta = {
+        "diffusion_config": config_to_dict(dcfg),
+        "unet_config": config_to_dict(ucfg),
+        "train_config": config_to_dict(tcfg),
+    }
     return json.loads(json.dumps(meta))
 
 
@@ -84,8 +87,16 @@ class Trainer:
     parallel: state and data replicated, each batch sharded (`train.make_train_step`).
     """
 
-    def __init__(self, data, unet_config: UNetConfig, diffusion_config: DiffusionConfig,
-                 train_config: TrainConfig, *, state: TrainState | None = None, mesh=None):
+    def __init__(
+        self,
+        data,
+        *,
+        unet_config: UNetConfig,
+        diffusion_config: DiffusionConfig,
+        train_config: TrainConfig,
+        state: TrainState | None = None,
+        mesh=None,
+    ):
         self.unet_config, self.diffusion_config, self.train_config = unet_config, diffusion_config, train_config
         if mesh is None and jax.local_device_count() > 1:
             mesh = data_mesh()
@@ -115,7 +126,9 @@ class Trainer:
         for the run and given the new EMA params each time."""
         ema = jax.device_get(self.state.ema_params)
         if self._sampler is None:
-            self._sampler = Diffusion(self.diffusion_config, self.unet_config, ema, chunk_size=50)
+            self._sampler = Diffusion(
+                diffusion_config=self.diffusion_config, unet_config=self.unet_config, params=ema, chunk_size=50
+            )
         else:
             self._sampler = self._sampler.with_params(ema)
         return self._sampler.denoise(n, key=key)
@@ -129,10 +142,17 @@ class Trainer:
         meta = run_metadata(self.diffusion_config, self.unet_config, self.train_config)
         events = (options.log_every, options.ckpt_every, options.sample_every)
         step = self.step
-        with _Log(out / "log.jsonl", step) as log_file, tqdm(
-            initial=step, total=max(options.steps, step), unit="step", desc="train", mininterval=2.0,
-            disable=not progress,
-        ) as bar:
+        with (
+            _Log(out / "log.jsonl", step) as log_file,
+            tqdm(
+                initial=step,
+                total=max(options.steps, step),
+                unit="step",
+                desc="train",
+                mininterval=2.0,
+                disable=not progress,
+            ) as bar,
+        ):
             t0, s0, loss_sum = time.perf_counter(), step, 0.0
             while step < options.steps:
                 # Run to the next step where something is due, without a host sync.
@@ -142,9 +162,13 @@ class Trainer:
                 loss_sum = loss_sum + metrics["loss_sum"]
                 bar.update(k)
                 if step % options.log_every == 0 or step == options.steps:
-                    rec = {"step": step, "loss": float(loss_sum) / (step - s0),  # waits for the queue
-                           "grad_norm": float(metrics["grad_norm"]),
-                           "steps_per_s": (step - s0) / (time.perf_counter() - t0), "time": time.time()}
+                    rec = {
+                        "step": step,
+                        "loss": float(loss_sum) / (step - s0),  # waits for the queue
+                        "grad_norm": float(metrics["grad_norm"]),
+                        "steps_per_s": (step - s0) / (time.perf_counter() - t0),
+                        "time": time.time(),
+                    }
                     log_file.write(rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", steps_s=f"{rec['steps_per_s']:.2f}")
                     t0, s0, loss_sum = time.perf_counter(), step, 0.0
@@ -153,8 +177,12 @@ class Trainer:
                 if options.sample_every and step % options.sample_every == 0:
                     x = self.preview()
                     images.save_grid(images.to_uint8(x, clip=True), out / "samples" / f"step-{step:08d}.png")
-        save_weights(out / "ema.safetensors", jax.device_get(self.state.ema_params), self.diffusion_config,
-                     self.unet_config)
+        save_weights(
+            out / "ema.safetensors",
+            jax.device_get(self.state.ema_params),
+            diffusion_config=self.diffusion_config,
+            unet_config=self.unet_config,
+        )
         log.info("step %d: EMA params written to %s", step, out / "ema.safetensors")
         return self.state
 
@@ -191,8 +219,16 @@ def _record_step(line: str) -> int | None:
         return None  # a torn last line of a killed run
 
 
-def open_run(out, data, unet_config: UNetConfig, diffusion_config: DiffusionConfig,
-             train_config: TrainConfig, *, resume: bool = False, mesh=None) -> Trainer:
+def open_run(
+    out,
+    data,
+    *,
+    unet_config: UNetConfig,
+    diffusion_config: DiffusionConfig,
+    train_config: TrainConfig,
+    resume: bool = False,
+    mesh=None,
+) -> Trainer:
     """A `Trainer` for run folder `out`: fresh, or resumed from its newest checkpoint.
 
     A fresh run into a folder that has checkpoints, `resume` without one, and a
@@ -215,7 +251,14 @@ def open_run(out, data, unet_config: UNetConfig, diffusion_config: DiffusionConf
         log.info("resumed from %s (step %d)", existing[-1], int(np.asarray(state.step)))
     elif existing:
         raise ValueError(f"{ckpt_dir} already holds checkpoints; pass --resume or choose another --out")
-    return Trainer(data, unet_config, diffusion_config, train_config, state=state, mesh=mesh)
+    return Trainer(
+        data,
+        unet_config=unet_config,
+        diffusion_config=diffusion_config,
+        train_config=train_config,
+        state=state,
+        mesh=mesh,
+    )
 
 
 def with_overrides(cfg: TrainConfig, **overrides) -> TrainConfig:

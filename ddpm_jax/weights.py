@@ -71,8 +71,7 @@ def check_params(flat: dict[str, tuple[int, ...]], config: UNetConfig, source: s
     misshaped = [f"{k}: {got[k]} != {want[k]}" for k in sorted(set(want) & set(got)) if got[k] != want[k]]
     if missing or unexpected or misshaped:
         raise ValueError(
-            f"{source} do not fit the UNet config {config}: "
-            + mismatch_summary(missing, unexpected, misshaped)
+            f"{source} do not fit the UNet config {config}: " + mismatch_summary(missing, unexpected, misshaped)
         )
 
 
@@ -82,8 +81,10 @@ def check_finite(flat: dict, source: str = "params"):
     bad = [k for k, v in flat.items() if not np.isfinite(v).all()]
     if bad:
         more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise ValueError(f"{source} holds NaN or infinite values in {len(bad)} array(s): "
-                         f"{', '.join(bad[:5])}{more}; the weights are damaged (or training diverged)")
+        raise ValueError(
+            f"{source} holds NaN or infinite values in {len(bad)} array(s): "
+            f"{', '.join(bad[:5])}{more}; the weights are damaged (or training diverged)"
+        )
 
 
 def mismatch_summary(missing, unexpected, misshaped, shown: int = 5) -> str:
@@ -96,7 +97,7 @@ def mismatch_summary(missing, unexpected, misshaped, shown: int = 5) -> str:
     return "; ".join(parts)
 
 
-def save_weights(path, params: dict, diffusion_config: DiffusionConfig, unet_config: UNetConfig):
+def save_weights(path, params: dict, *, diffusion_config: DiffusionConfig, unet_config: UNetConfig):
     """Write params and both configs to one .safetensors file, atomically."""
     path = Path(path)
     flat = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flatten_params(params).items()}

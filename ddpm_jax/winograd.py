@@ -28,10 +28,22 @@ _MATRICES = {
         AT=[[1, 1, 1, 0], [0, 1, -1, -1]],
     ),
     4: dict(
-        BT=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-            [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
-        G=[[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-           [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+        BT=[
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        G=[
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ],
         AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
     ),
 }
@@ -91,20 +103,18 @@ def conv(x: jax.Array, u: jax.Array, m: int, *, dot_dtype=None) -> jax.Array:
     # a strided slice of the padded input; combine the columns (d B), stack
     # them, then the same over rows (B^T ...). Two a-way stacks keep the
     # program small (a slice per tile entry would compile to a^2 of them).
-    cols = [xp[:, :, k:k + m * tw:m] for k in range(a)]  # each (n, H+2, tw, I)
+    cols = [xp[:, :, k : k + m * tw : m] for k in range(a)]  # each (n, H+2, tw, I)
     s = jnp.stack(_combine(BT, cols), 0)  # (a, n, H+2, tw, I), [j]
-    rows = [s[:, :, k:k + m * th:m] for k in range(a)]  # each (a, n, th, tw, I)
+    rows = [s[:, :, k : k + m * th : m] for k in range(a)]  # each (a, n, th, tw, I)
     v = jnp.stack(_combine(BT, rows), 0)  # (a, a, n, th, tw, I), [i, j]
     v = v.reshape(a, a, n * th * tw, -1)
     out_dtype = x.dtype
     if dot_dtype is not None:
         v, u = v.astype(dot_dtype), u.astype(dot_dtype)
-    prod = jax.lax.dot_general(v, u, (((3,), (2,)), ((0, 1), (0, 1))),
-                               preferred_element_type=out_dtype)  # (a, a, P, O)
+    prod = jax.lax.dot_general(v, u, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=out_dtype)  # (a, a, P, O)
     # A^T M A for all tiles at once: one matmul of kron(A^T, A^T) (m^2 x a^2)
     # with M, which the batched dot leaves laid out (a^2, P, O) for it; then
     # the m x m output tiles back into the image.
-    y = jnp.einsum("rsij,ijpo->rspo", np.kron(AT, AT).reshape(m, m, a, a).astype(out_dtype), prod,
-                   precision="highest")
+    y = jnp.einsum("rsij,ijpo->rspo", np.kron(AT, AT).reshape(m, m, a, a).astype(out_dtype), prod, precision="highest")
     y = y.reshape(m, m, n, th, tw, -1)
     return y.transpose(2, 3, 0, 4, 1, 5).reshape(n, h, w, -1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ddpm_jax.pipeline import SAMPLERS
+from ddpm_jax import samplers
 
 from . import render
 from .handlers import MAX_BATCH, MAX_BRANCHES, MAX_MIXES, MAX_UPLOAD_MB, QUEUE_SIZE, Demo
@@ -26,15 +26,15 @@ CSS = """
 """
 
 
-def build_app(models: Models, default: str, *, min_interval: float = 0.1,
-              concurrency: int = 4, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+def build_app(
+    models: Models, default: str, *, min_interval: float = 0.1, concurrency: int = 4, queue_size: int = QUEUE_SIZE
+) -> gr.Blocks:
     """The page. Named endpoints: reset, denoise, diffuse, stop, view, use_image,
     branch, to_editor, inpaint, interpolate, save_image, save_gif (state is per client
     session)."""
     demo = Demo(models, default, min_interval=min_interval)
     choices = list(models.choices)
-    with gr.Blocks(title="ddpm_jax: watch diffusion", analytics_enabled=False,
-                   delete_cache=(60, 600)) as app:
+    with gr.Blocks(title="ddpm_jax: watch diffusion", analytics_enabled=False, delete_cache=(60, 600)) as app:
         session = gr.State(Session(), delete_callback=demo.forget_downloads)
         gr.Markdown(
             "## DDPM in JAX: watch diffusion step by step\n"
@@ -52,10 +52,10 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
                     seed = raw(gr.Number(0, label="seed"))
                     batch = raw(gr.Slider(1, MAX_BATCH, value=1, step=1, label="batch size (at Reset)"))
                 with gr.Row():
-                    sampler = raw(gr.Dropdown(list(SAMPLERS), value="ddpm", label="sampler (at Reset)",
-                                              elem_id="sampler"))
-                    chain_steps = raw(gr.Number(0, label="chain steps S (at Reset; 0: all T)",
-                                                elem_id="chain_steps"))
+                    sampler = raw(
+                        gr.Dropdown(list(samplers.names()), value="ddpm", label="sampler (at Reset)", elem_id="sampler")
+                    )
+                    chain_steps = raw(gr.Number(0, label="chain steps S (at Reset; 0: all T)", elem_id="chain_steps"))
                 reset_btn = gr.Button("Reset (fresh x_T)")
                 steps = raw(gr.Number(100, label="steps (1..T)", elem_id="steps"))
                 with gr.Row():
@@ -65,63 +65,119 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
                 with gr.Row():
                     show_x0 = raw(gr.Checkbox(False, label="show predicted x0"))
                     clip = raw(gr.Checkbox(True, label="clip predicted x0 to [-1, 1]"))
-                plot = gr.Image(label="noise schedule", show_label=False, format="png",
-                                interactive=False, buttons=[], elem_id="plot")
+                plot = gr.Image(
+                    label="noise schedule",
+                    show_label=False,
+                    format="png",
+                    interactive=False,
+                    buttons=[],
+                    elem_id="plot",
+                )
             with gr.Column(scale=2):
                 step = gr.Number(label="step t", interactive=False, elem_id="step")
                 status = gr.Markdown(label="status", elem_id="status")
                 bar = gr.HTML(render.progress_bar(0, 1, ""), elem_id="bar")
-                image = gr.Image(label="x_t (or predicted x0, when ticked)", format="png",
-                                 interactive=False, elem_id="xt", height=520,
-                                 buttons=["download", "fullscreen"])
+                image = gr.Image(
+                    label="x_t (or predicted x0, when ticked)",
+                    format="png",
+                    interactive=False,
+                    elem_id="xt",
+                    height=520,
+                    buttons=["download", "fullscreen"],
+                )
         with gr.Accordion("Beyond the port: your picture, branching, downloads", open=False):
             with gr.Row():
-                upload = image_path(gr.Image(label="upload a picture: it becomes x_0", format="png",
-                                             type="filepath", image_mode=None, sources=["upload", "clipboard"]))
+                upload = image_path(
+                    gr.Image(
+                        label="upload a picture: it becomes x_0",
+                        format="png",
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                    )
+                )
                 with gr.Column():
                     branches = raw(gr.Slider(1, MAX_BRANCHES, value=4, step=1, label="branches k"))
                     branch_btn = gr.Button("Branch: k continuations of sample 0's x_t")
                     save_png_btn = gr.Button("Current image (PNG)")
                     save_gif_btn = gr.Button("Trajectory (animated GIF)")
                     download = gr.File(label="download", interactive=False)
-            branch_img = gr.Image(label="x_t and its continuations (paper, Fig. 7)", format="png",
-                                  interactive=False, elem_id="branches")
-        with gr.Accordion("Inpaint (RePaint) and interpolate (paper Sec. 4.4): no retraining", open=False,
-                          elem_id="editing"):
+            branch_img = gr.Image(
+                label="x_t and its continuations (paper, Fig. 7)", format="png", interactive=False, elem_id="branches"
+            )
+        with gr.Accordion(
+            "Inpaint (RePaint) and interpolate (paper Sec. 4.4): no retraining", open=False, elem_id="editing"
+        ):
             with gr.Row():
                 with gr.Column():
-                    editor = checked(gr.ImageEditor(
-                        label="paint over the part to fill (sample 0, or upload a picture)", type="numpy",
-                        image_mode="RGBA", sources=["upload", "clipboard"], transforms=(),
-                        brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=24),
-                        format="png", elem_id="editor", height=420))
+                    editor = checked(
+                        gr.ImageEditor(
+                            label="paint over the part to fill (sample 0, or upload a picture)",
+                            type="numpy",
+                            image_mode="RGBA",
+                            sources=["upload", "clipboard"],
+                            transforms=(),
+                            brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=24),
+                            format="png",
+                            elem_id="editor",
+                            height=420,
+                        )
+                    )
                     with gr.Row():
                         to_editor_btn = gr.Button("Sample 0 into the editor", elem_id="to_editor")
                         inpaint_btn = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
                     with gr.Accordion("RePaint's schedule (Lugmayr et al. 2022)", open=False):
-                        rp_steps = raw(gr.Number(250, label="steps (the process respaced; at most T)",
-                                                 elem_id="rp_steps"))
+                        rp_steps = raw(
+                            gr.Number(250, label="steps (the process respaced; at most T)", elem_id="rp_steps")
+                        )
                         rp_jump = raw(gr.Number(10, label="jump length j", elem_id="rp_jump"))
-                        rp_resample = raw(gr.Number(10, label="resamplings r (1: replacement, no jumps)",
-                                                    elem_id="rp_resample"))
+                        rp_resample = raw(
+                            gr.Number(10, label="resamplings r (1: replacement, no jumps)", elem_id="rp_resample")
+                        )
                 with gr.Column():
                     a_source = raw(gr.Radio(["sample 0", "upload"], value="sample 0", label="A"))
-                    a_upload = image_path(gr.Image(label="A (upload)", format="png", type="filepath",
-                                                   image_mode=None, sources=["upload", "clipboard"]))
+                    a_upload = image_path(
+                        gr.Image(
+                            label="A (upload)",
+                            format="png",
+                            type="filepath",
+                            image_mode=None,
+                            sources=["upload", "clipboard"],
+                        )
+                    )
                     b_source = raw(gr.Radio(["another seed", "upload"], value="another seed", label="B"))
                     b_seed = raw(gr.Number(1, label="B's seed"))
-                    b_upload = image_path(gr.Image(label="B (upload)", format="png", type="filepath",
-                                                   image_mode=None, sources=["upload", "clipboard"]))
+                    b_upload = image_path(
+                        gr.Image(
+                            label="B (upload)",
+                            format="png",
+                            type="filepath",
+                            image_mode=None,
+                            sources=["upload", "clipboard"],
+                        )
+                    )
                     with gr.Row():
                         interp_t = raw(gr.Number(500, label="t (1..T)"))
                         interp_k = raw(gr.Slider(2, MAX_MIXES, value=8, step=1, label="mixes k"))
                     interp_btn = gr.Button("Interpolate A to B", elem_id="interpolate")
-            strip = gr.Image(label="A, the mixes from lambda = 0 to 1, B", format="png", interactive=False,
-                             elem_id="strip")
+            strip = gr.Image(
+                label="A, the mixes from lambda = 0 to 1, B", format="png", interactive=False, elem_id="strip"
+            )
 
         # Each View field's component, once; each endpoint lists the fields it sends.
-        outputs = dict(image=image, step=step, status=status, plot=plot, bar=bar, model=model, ema=ema,
-                       branches=branch_img, download=download, editor=editor, strip=strip)
+        outputs = dict(
+            image=image,
+            step=step,
+            status=status,
+            plot=plot,
+            bar=bar,
+            model=model,
+            ema=ema,
+            branches=branch_img,
+            download=download,
+            editor=editor,
+            strip=strip,
+        )
         shown = ("image", "step", "status", "plot")
 
         def on(trigger, handler, inputs, fields, **kwargs):
@@ -132,31 +188,62 @@ def build_app(models: Models, default: str, *, min_interval: float = 0.1,
         on(reset_btn.click, demo.reset, reset_in, (*shown, "model", "ema"), api_name="reset")
         for trigger in (model.input, ema.input, app.load):
             on(trigger, demo.reset, reset_in, (*shown, "model", "ema"), api_visibility="private")
-        on(denoise_btn.click, demo.denoise, [session, steps, show_x0, clip], (*shown, "bar"),
-           api_name="denoise", **chain)
+        on(
+            denoise_btn.click,
+            demo.denoise,
+            [session, steps, show_x0, clip],
+            (*shown, "bar"),
+            api_name="denoise",
+            **chain,
+        )
         on(diffuse_btn.click, demo.diffuse, [session, steps, show_x0], (*shown, "bar"), api_name="diffuse", **chain)
         on(stop_btn.click, demo.stop, [session, show_x0], shown, api_name="stop", queue=False)
         on(show_x0.input, demo.view, [session, show_x0], shown, api_name="view", queue=False)
         on(upload.upload, demo.use_image, [session, upload, show_x0], shown, api_name="use_image")
-        on(branch_btn.click, demo.branch, [session, branches, clip], ("branches", "status", "bar"),
-           api_name="branch", **chain)
+        on(
+            branch_btn.click,
+            demo.branch,
+            [session, branches, clip],
+            ("branches", "status", "bar"),
+            api_name="branch",
+            **chain,
+        )
         on(to_editor_btn.click, demo.to_editor, [session], ("editor", "status"), api_name="to_editor")
-        on(inpaint_btn.click, demo.inpaint, [session, editor, rp_steps, rp_jump, rp_resample, show_x0, clip],
-           (*shown, "bar"), api_name="inpaint", **chain)
-        on(interp_btn.click, demo.interpolate,
-           [session, a_source, a_upload, b_source, b_upload, b_seed, interp_t, interp_k, clip],
-           ("strip", "status", "bar"), api_name="interpolate", **chain)
+        on(
+            inpaint_btn.click,
+            demo.inpaint,
+            [session, editor, rp_steps, rp_jump, rp_resample, show_x0, clip],
+            (*shown, "bar"),
+            api_name="inpaint",
+            **chain,
+        )
+        on(
+            interp_btn.click,
+            demo.interpolate,
+            [session, a_source, a_upload, b_source, b_upload, b_seed, interp_t, interp_k, clip],
+            ("strip", "status", "bar"),
+            api_name="interpolate",
+            **chain,
+        )
         on(save_png_btn.click, demo.save_image, [session, show_x0], ("download",), api_name="save_image")
         on(save_gif_btn.click, demo.save_gif, [session], ("download",), api_name="save_gif")
     app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     return app
 
 
-def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None,
-           max_upload_mb: float = MAX_UPLOAD_MB, **kwargs):
+def launch(
+    app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, max_upload_mb: float = MAX_UPLOAD_MB, **kwargs
+):
     """Serve the page (loopback by default); returns gradio's (app, local_url, share_url).
 
     Uploads over `max_upload_mb` are refused by Gradio before they reach a handler.
     """
-    return app.launch(server_name=host, server_port=port, css=CSS, ssr_mode=False,
-                      footer_links=["api"], max_file_size=int(max_upload_mb * 2**20), **kwargs)
+    return app.launch(
+        server_name=host,
+        server_port=port,
+        css=CSS,
+        ssr_mode=False,
+        footer_links=["api"],
+        max_file_size=int(max_upload_mb * 2**20),
+        **kwargs,
+    )

@@ -55,8 +55,10 @@ def fill_mask(layers: list, size: tuple[int, int], resolution: int) -> np.ndarra
     for layer in layers:
         layer = np.asarray(layer)
         if layer.shape[:2] != size:
-            raise ValueError(f"the mask is {layer.shape[1]}x{layer.shape[0]} but the picture "
-                             f"{size[1]}x{size[0]}: paint on the picture in the editor")
+            raise ValueError(
+                f"the mask is {layer.shape[1]}x{layer.shape[0]} but the picture "
+                f"{size[1]}x{size[0]}: paint on the picture in the editor"
+            )
         painted |= layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[-1] == 4 else layer.reshape(size) > 0
     if not painted.any():
         raise ValueError("no mask painted: paint over the part to fill, then press Inpaint")

@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax import samplers
 from ddpm_jax.images import load_image, save_png
 from ddpm_jax.inpainting import jump_schedule
-from ddpm_jax.pipeline import SAMPLERS, as_key
+from ddpm_jax.pipeline import as_key
 from ddpm_jax.sampling import initial_noise
 
 from . import editing, render
@@ -131,10 +132,9 @@ class Demo:
         ema = parse_bool(ema, "EMA")
         seed = parse_int(seed, "seed", 0, 2**31 - 1)
         n = parse_int(batch, "batch size", 1, MAX_BATCH)
-        if not isinstance(sampler, str) or sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        T = self.models.get(choice, ema).num_timesteps
-        most = T if sampler in ("ddpm", "ddim") else T - 1  # DPM-Solver++'s linspace steps: T-1 at most
+        rule = samplers.get(sampler)
+        T = self.models.get(choice, ema).diffusion_config.num_diffusion_timesteps
+        most = rule.max_steps(T)
         # The page's empty number field sends 0: 0 (or nothing) means all T steps.
         steps = None if chain_steps in (None, "") else parse_int(chain_steps, "chain steps", 0, most) or None
         if steps is None and most < T:
@@ -171,8 +171,9 @@ class Demo:
             yield self._view(session, False, status).but(model=session.choice or choice, ema=session.ema)
             return
         T = model.num_timesteps
-        chain = "" if session.chain_steps is None and session.sampler == "ddpm" else \
-            f", {session.sampler} over {T} steps"
+        chain = (
+            "" if session.chain_steps is None and session.sampler == "ddpm" else f", {session.sampler} over {T} steps"
+        )
         status = f"{choice}{' (EMA)' if session.ema else ''}{chain}: fresh x_T, step {T} of T={T}"
         yield self._view(session, False, status).but(model=session.choice, ema=session.ema)
 
@@ -186,8 +187,7 @@ class Demo:
             step = session.step
         return self._view(session, show_x0 is True, f"stopped at step {step}")
 
-    def _drive(self, session, gen, chunks, total, progress, commit, render_fn, desc, superseded=None,
-               unit="steps"):
+    def _drive(self, session, gen, chunks, total, progress, commit, render_fn, desc, superseded=None, unit="steps"):
         """Run `chunks` while chain `gen` owns the session; yield throttled Views.
 
         After chunk i (blocked on, so a Stop lands within one chunk), with
@@ -228,8 +228,9 @@ class Demo:
         if self.models.first_run(model, "denoise", n):
             note = f"compiling for {what} (first use of this size on this server)…"
             yield View(status=note, bar=render.progress_bar(0, start, note))
-        yield from self._drive(session, gen, chunks, start, lambda i, item: start - item.step,
-                               lambda item, due, done: None, view, desc)
+        yield from self._drive(
+            session, gen, chunks, start, lambda i, item: start - item.step, lambda item, due, done: None, view, desc
+        )
 
     def _main_chain(self, session, gen, model, chunks, start, target, show_x0, verb):
         def commit(item, due, done):
@@ -239,18 +240,31 @@ class Demo:
 
         def view(item, done):
             shown = item.pred_x0 if show_x0 and item.pred_x0 is not None else item.x
-            status = (f"{verb}d {abs(item.step - start)} steps: now at step {item.step}" if done
-                      else f"{verb[:-1]}ing: step {item.step} (target {target})")
-            return View(image=self._frame(model, shown), step=item.step, status=status,
-                        plot=self._plot(model, item.step))
+            status = (
+                f"{verb}d {abs(item.step - start)} steps: now at step {item.step}"
+                if done
+                else f"{verb[:-1]}ing: step {item.step} (target {target})"
+            )
+            return View(
+                image=self._frame(model, shown), step=item.step, status=status, plot=self._plot(model, item.step)
+            )
 
         if self.models.first_run(model, verb, session.n):
             note = f"compiling {verb} for batch size {session.n} (first use of this size on this server)…"
             yield self._view(session, show_x0, note).but(bar=render.progress_bar(0, abs(target - start), note))
 
         # A chain that took over keeps its own status line.
-        yield from self._drive(session, gen, chunks, abs(target - start), lambda i, item: abs(item.step - start),
-                               commit, view, verb[:-1] + "ing", superseded=lambda: self._view(session, show_x0))
+        yield from self._drive(
+            session,
+            gen,
+            chunks,
+            abs(target - start),
+            lambda i, item: abs(item.step - start),
+            commit,
+            view,
+            verb[:-1] + "ing",
+            superseded=lambda: self._view(session, show_x0),
+        )
 
     def denoise(self, session: Session, steps, show_x0, clip):
         """Reverse steps from the current x_t (Alg. 2), streamed."""
@@ -264,15 +278,21 @@ class Demo:
                 if k > start:
                     raise ValueError(f"steps={k} is more than the {start} steps left to denoise")
                 # A multistep sampler (DPM-Solver++) continues from the last prediction.
-                chunks = model.denoise_steps(session.n, k, x=session.x, curr_step=start, key=session.seed,
-                                             clip=parse_bool(clip, "clip"), pred_x0=session.pred_x0)
+                chunks = model.denoise_steps(
+                    session.n,
+                    k,
+                    x=session.x,
+                    curr_step=start,
+                    key=session.seed,
+                    clip=parse_bool(clip, "clip"),
+                    pred_x0=session.pred_x0,
+                )
                 session.generation += 1
                 gen = session.generation
         except (ValueError, ModelUnavailable) as err:
             yield self._warn(session, show_x0 is True, err)
             return
-        yield from self._main_chain(session, gen, model, chunks, start, start - k,
-                                    show_x0 is True, "denoise")
+        yield from self._main_chain(session, gen, model, chunks, start, start - k, show_x0 is True, "denoise")
 
     def diffuse(self, session: Session, steps, show_x0):
         """Forward steps q(x_t | x_{t-1}) from the current x (eq. 2), streamed."""
@@ -292,8 +312,7 @@ class Demo:
         except (ValueError, ModelUnavailable) as err:
             yield self._warn(session, show_x0 is True, err)
             return
-        yield from self._main_chain(session, gen, model, chunks, start, start + k,
-                                    False, "diffuse")
+        yield from self._main_chain(session, gen, model, chunks, start, start + k, False, "diffuse")
 
     def use_image(self, session: Session, image, show_x0=False):
         """An uploaded picture (its file path) becomes x_0 (step 0) for every sample of the batch.
@@ -338,16 +357,25 @@ class Demo:
                 xt, prev = session.x[:1], session.pred_x0
                 session.generation += 1
                 gen = session.generation
-            chunks = model.denoise_steps(k, start, x=jnp.repeat(xt, k, axis=0), curr_step=start, key=key,
-                                         clip=parse_bool(clip, "clip"),
-                                         pred_x0=None if prev is None else jnp.repeat(prev[:1], k, axis=0))
+            chunks = model.denoise_steps(
+                k,
+                start,
+                x=jnp.repeat(xt, k, axis=0),
+                curr_step=start,
+                key=key,
+                clip=parse_bool(clip, "clip"),
+                pred_x0=None if prev is None else jnp.repeat(prev[:1], k, axis=0),
+            )
         except (ValueError, ModelUnavailable) as err:
             yield View(branches=None, status=WARN + str(err))
             return
 
         def view(item, done):
-            status = (f"branched: x_t at step {start} (left) and {k} continuations to x_0" if done
-                      else f"branching from step {start}: step {item.step}")
+            status = (
+                f"branched: x_t at step {start} (left) and {k} continuations to x_0"
+                if done
+                else f"branching from step {start}: step {item.step}"
+            )
             return View(branches=self._row(model, [xt, item.x]), status=status)
 
         yield from self._side_chain(session, gen, model, chunks, k, start, view, f"{k} continuations", "branching")
@@ -363,8 +391,10 @@ class Demo:
         model = self._model(session)
         img = render.upscale(render.grid(np.asarray(x[:1])), render.display_scale(model.image_shape[0]))
         rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
-        return View(editor={"background": rgb, "layers": [], "composite": rgb},
-                    status="sample 0 is in the editor: paint over the part to fill, then press Inpaint")
+        return View(
+            editor={"background": rgb, "layers": [], "composite": rgb},
+            status="sample 0 is in the editor: paint over the part to fill, then press Inpaint",
+        )
 
     def inpaint(self, session: Session, edited, steps, jump_length, jump_n_sample, show_x0, clip):
         """Fill the painted part of the editor's picture (RePaint), one completion per
@@ -377,8 +407,9 @@ class Demo:
             if isinstance(edited, InvalidInput):
                 raise ValueError(edited)
             if not isinstance(edited, dict) or edited.get("background") is None:
-                raise ValueError("no picture in the editor: put sample 0 there (or upload one), then paint "
-                                 "over the part to fill")
+                raise ValueError(
+                    "no picture in the editor: put sample 0 there (or upload one), then paint over the part to fill"
+                )
             self._ensure(session)
             model = self.models.get(session.choice, session.ema)  # RePaint respaces the full process itself
             h, _, c = model.image_shape
@@ -392,8 +423,16 @@ class Demo:
             clip = parse_bool(clip, "clip")
             with session.lock:
                 n = session.n
-                chunks = model.inpaint_steps(picture, ~fill, n, key=session.seed, steps=steps, jump_length=jump,
-                                             jump_n_sample=resample, clip=clip)
+                chunks = model.inpaint_steps(
+                    picture,
+                    ~fill,
+                    n,
+                    key=session.seed,
+                    steps=steps,
+                    jump_length=jump,
+                    jump_n_sample=resample,
+                    clip=clip,
+                )
                 session.generation += 1
                 gen = session.generation
             total = len(jump_schedule(steps, jump, resample))
@@ -410,16 +449,29 @@ class Demo:
 
         def view(item, done):
             shown = jnp.where(keep, picture, item.pred_x0) if show_x0 and not done else item.x
-            status = (f"inpainted {n} completion{'s' if n > 1 else ''} ({settings}): now x_0" if done
-                      else f"inpainting ({settings}): at step {item.step} of its chain")
+            status = (
+                f"inpainted {n} completion{'s' if n > 1 else ''} ({settings}): now x_0"
+                if done
+                else f"inpainting ({settings}): at step {item.step} of its chain"
+            )
             return View(image=self._frame(model, shown), step=0 if done else item.step, status=status)
 
         if self.models.first_run(model, "inpaint", n):
             note = f"compiling inpainting for batch size {n} (first use of this size on this server)…"
             yield View(status=note, bar=render.progress_bar(0, total, note, "iterations"))
         chunk = model.chunk_size
-        yield from self._drive(session, gen, chunks, total, lambda i, item: min(i * chunk, total), commit, view,
-                               "inpainting", superseded=lambda: self._view(session, show_x0), unit="iterations")
+        yield from self._drive(
+            session,
+            gen,
+            chunks,
+            total,
+            lambda i, item: min(i * chunk, total),
+            commit,
+            view,
+            "inpainting",
+            superseded=lambda: self._view(session, show_x0),
+            unit="iterations",
+        )
 
     def _end(self, session, model, source, upload, seed, what):
         """One end of an interpolation at the model's resolution, (H, W, C) in [-1, 1]."""
@@ -459,8 +511,11 @@ class Demo:
             return
 
         def view(item, done):
-            status = (f"interpolated: A, {k} mixes through x_{t}, B" if done
-                      else f"decoding {k} mixes from x_{t}: step {item.step}")
+            status = (
+                f"interpolated: A, {k} mixes through x_{t}, B"
+                if done
+                else f"decoding {k} mixes from x_{t}: step {item.step}"
+            )
             return View(strip=self._row(model, [a[None], item.x, b[None]]), status=status)
 
         yield from self._side_chain(session, gen, model, chunks, k, t, view, f"{k} mixes", "interpolating")

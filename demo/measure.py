@@ -31,7 +31,9 @@ def random_model(preset: str, folder: Path) -> str:
 
     path = folder / f"random_{preset}.safetensors"
     ucfg = UNET_PRESETS[preset]
-    Diffusion(DIFFUSION_PRESETS[preset], ucfg, init_params(ucfg, jax.random.key(0))).save_pretrained(path)
+    Diffusion(
+        diffusion_config=DIFFUSION_PRESETS[preset], unet_config=ucfg, params=init_params(ucfg, jax.random.key(0))
+    ).save_pretrained(path)
     return str(path)
 
 
@@ -73,8 +75,12 @@ def launch_once(models: list[str], port: int, cache: Path, log_path: Path) -> di
         assert Image.open(first[0]).size[0] > 0, first
         client.predict(10, False, True, api_name="/denoise")
         t_denoise = time.monotonic() - t0
-        result = dict(listening_s=round(t_up, 2), first_image_s=round(t_first, 2),
-                      first_denoise_s=round(t_denoise, 2), rss_mib={models[0]: round(rss_mib(proc.pid))})
+        result = dict(
+            listening_s=round(t_up, 2),
+            first_image_s=round(t_first, 2),
+            first_denoise_s=round(t_denoise, 2),
+            rss_mib={models[0]: round(rss_mib(proc.pid))},
+        )
         return result, client, proc
     except BaseException:
         proc.terminate()
@@ -82,8 +88,16 @@ def launch_once(models: list[str], port: int, cache: Path, log_path: Path) -> di
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright cannot download its own here
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # Records (ms, step) whenever the page's image changes, once per animation frame.
 WATCH_IMAGE = """() => {
@@ -116,8 +130,7 @@ def page_update_rate(url: str, steps: int) -> dict:
             page.evaluate(WATCH_IMAGE)
             page.click("#denoise")
             end = str(int(start) - steps)
-            page.wait_for_function(f"document.querySelector('#step input').value === '{end}'",
-                                   timeout=600_000)
+            page.wait_for_function(f"document.querySelector('#step input').value === '{end}'", timeout=600_000)
             page.wait_for_timeout(300)
             changes = page.evaluate("window.changes")[1:]  # the first is the x_T already shown
         finally:
@@ -125,10 +138,14 @@ def page_update_rate(url: str, steps: int) -> dict:
     times = [t for t, _ in changes]
     span = (times[-1] - times[0]) / 1000
     gaps = sorted(b - a for a, b in zip(times, times[1:]))
-    return dict(steps=steps, image_updates=len(changes), span_s=round(span, 2),
-                updates_per_s=round((len(changes) - 1) / span, 1) if span else None,
-                median_gap_ms=round(gaps[len(gaps) // 2]) if gaps else None,
-                steps_seen=[s for _, s in changes][:5] + ["..."])
+    return dict(
+        steps=steps,
+        image_updates=len(changes),
+        span_s=round(span, 2),
+        updates_per_s=round((len(changes) - 1) / span, 1) if span else None,
+        median_gap_ms=round(gaps[len(gaps) // 2]) if gaps else None,
+        steps_seen=[s for _, s in changes][:5] + ["..."],
+    )
 
 
 def update_rate(client, model: str, steps: int) -> dict:
@@ -139,16 +156,26 @@ def update_rate(client, model: str, steps: int) -> dict:
     arrivals = [time.monotonic() - t0 for _ in job]
     total = arrivals[-1]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    return dict(steps=steps, chain_s=round(total, 2), updates=len(arrivals),
-                updates_per_s=round(len(arrivals) / total, 1), steps_per_s=round(steps / total),
-                median_gap_ms=round(1000 * sorted(gaps)[len(gaps) // 2]) if gaps else None)
+    return dict(
+        steps=steps,
+        chain_s=round(total, 2),
+        updates=len(arrivals),
+        updates_per_s=round(len(arrivals) / total, 1),
+        steps_per_s=round(steps / total),
+        median_gap_ms=round(1000 * sorted(gaps)[len(gaps) // 2]) if gaps else None,
+    )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", help="names or paths; the first is timed")
-    p.add_argument("--random", action="append", default=[], metavar="PRESET",
-                   help="add a randomly initialised model at this preset (e.g. digits, cifar10)")
+    p.add_argument(
+        "--random",
+        action="append",
+        default=[],
+        metavar="PRESET",
+        help="add a randomly initialised model at this preset (e.g. digits, cifar10)",
+    )
     p.add_argument("--port", type=int, default=7871)
     p.add_argument("--steps", type=int, default=1000, help="steps of the timed denoise")
     args = p.parse_args(argv)

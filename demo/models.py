@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ddpm_jax.pipeline import Diffusion
 
@@ -35,6 +35,12 @@ class ModelUnavailable(RuntimeError):
     """A model could not be loaded or fetched; the message says which and why."""
 
 
+def _program(model: Diffusion, kind: str, n: int) -> tuple:
+    """What one compiled program is: the UNet (shared by a model's respaced
+    copies), the kind of chain, its sampler when denoising, the batch size."""
+    return id(model.model), kind, model.sampler if kind == "denoise" else None, n
+
+
 class Models:
     """Thread-safe, load-once registry of `Diffusion` objects by choice.
 
@@ -46,17 +52,20 @@ class Models:
     starting their own.
     """
 
-    def __init__(self, choices: dict[str, tuple[str, str]] | None = None,
-                 loader: Loader = Diffusion.from_pretrained, chunk_size: int = 10,
-                 warm: bool = True):
+    def __init__(
+        self,
+        choices: dict[str, tuple[str, str]] | None = None,
+        loader: Loader = Diffusion.from_pretrained,
+        chunk_size: int = 10,
+        warm: bool = True,
+    ):
         self.choices = dict(CHOICES if choices is None else choices)
         self.chunk_size = chunk_size
         self.warm = warm
         self._loader = loader
         self._loaded: dict[str, Diffusion] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # name -> (when, message)
-        self._ran: set[tuple[int, str, int]] = set()  # (id(model), "denoise"/"diffuse", batch)
-        self._chains: dict[tuple[str, str, int | None], Diffusion] = {}  # (name, sampler, steps) -> respaced
+        self._ran: set[tuple] = set()  # what has compiled: see `_program`
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -69,9 +78,7 @@ class Models:
 
     def name(self, choice: str, ema: bool) -> str:
         if not isinstance(choice, str) or choice not in self.choices:
-            raise ModelUnavailable(
-                f"unknown model {choice!r}; choose one of {', '.join(self.choices)}"
-            )
+            raise ModelUnavailable(f"unknown model {choice!r}; choose one of {', '.join(self.choices)}")
         return self.choices[choice][1 if ema else 0]
 
     def is_loaded(self, choice: str, ema: bool = False) -> bool:
@@ -81,7 +88,7 @@ class Models:
     def first_run(self, model: Diffusion, kind: str, n: int) -> bool:
         """True the first time `kind` runs on `model` at batch size n (it compiles
         then, which takes a while); records that it has run."""
-        key = (id(model), kind, n)
+        key = _program(model, kind, n)
         with self._lock:
             new = key not in self._ran
             self._ran.add(key)
@@ -89,16 +96,13 @@ class Models:
 
     def get(self, choice: str, ema: bool = False, sampler: str = "ddpm", steps: int | None = None) -> Diffusion:
         """The shared model for a choice, loading it on first use (once); with a
-        sampler other than full DDPM, or `steps`, its respaced chain (made once:
-        each chain compiles once per server)."""
+        sampler other than full DDPM, or `steps`, the same model with that
+        default chain (`Diffusion.respaced`: it shares the compiled UNet, and
+        each sampler compiles once per server and batch size, whatever its steps)."""
         model = self._load(choice, ema)
         if sampler == "ddpm" and steps in (None, model.num_timesteps):
             return model
-        key = (self.name(choice, ema), sampler, steps)
-        with self._lock:
-            if key not in self._chains:
-                self._chains[key] = model.respaced(steps, sampler)
-            return self._chains[key]
+        return model.respaced(steps, sampler)
 
     def _load(self, choice: str, ema: bool) -> Diffusion:
         name = self.name(choice, ema)
@@ -121,7 +125,7 @@ class Models:
                 if self.warm:
                     t0 = time.perf_counter()
                     warm_up(model)
-                    self._ran |= {(id(model), "denoise", 1), (id(model), "diffuse", 1)}
+                    self._ran |= {_program(model, "denoise", 1), _program(model, "diffuse", 1)}
                     log.info("compiled %s in %.1f s", name, time.perf_counter() - t0)
             except Exception as err:  # any failure to fetch or read becomes a page message
                 log.warning("could not load %s: %s", name, err)

@@ -73,16 +73,23 @@ def schedule_plot(abar: np.ndarray, step: int, size=(360, 170)) -> np.ndarray:
     d.line([(x, top), (x, top + ph)], fill=(214, 39, 40), width=1)
     d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(214, 39, 40))
     snr = "inf" if a >= 1.0 else f"{a / max(1.0 - a, 1e-30):.3g}"
-    d.text((left + pw / 2, h - 2), f"alpha-bar vs t   step {step}: alpha-bar={a:.3g}, SNR={snr}",
-           fill="black", font=font, anchor="md")
+    d.text(
+        (left + pw / 2, h - 2),
+        f"alpha-bar vs t   step {step}: alpha-bar={a:.3g}, SNR={snr}",
+        fill="black",
+        font=font,
+        anchor="md",
+    )
     return np.asarray(img)
 
 
 def progress_bar(done: int, total: int, label: str, unit: str = "steps") -> str:
     """A chain's progress as HTML: a bar and "done / total steps" (or another unit)."""
     pct = 100.0 * done / max(total, 1)
-    return (f'<div class="ddpm-bar"><div style="width:{pct:.1f}%"></div></div>'
-            f'<span class="ddpm-bar-text">{html.escape(label)} {done} / {total} {unit}</span>')
+    return (
+        f'<div class="ddpm-bar"><div style="width:{pct:.1f}%"></div></div>'
+        f'<span class="ddpm-bar-text">{html.escape(label)} {done} / {total} {unit}</span>'
+    )
 
 
 def gif_frames(frames: list[np.ndarray], max_side: int, budget_bytes: int, max_frames: int):
@@ -100,13 +107,13 @@ def gif_frames(frames: list[np.ndarray], max_side: int, budget_bytes: int, max_f
     return [frames[i] for i in idx], scale
 
 
-def write_gif(frames: list[np.ndarray], path, scale: int = 1, fps: float = 12.0,
-              hold_last_s: float = 1.5) -> Path:
+def write_gif(frames: list[np.ndarray], path, scale: int = 1, fps: float = 12.0, hold_last_s: float = 1.5) -> Path:
     """Animated GIF of HWC uint8 frames (upscaled by `scale`), looping, written atomically."""
     if not frames:
         raise ValueError("no frames to write: run a chain first")
     pics = [Image.fromarray(for_display(upscale(f, scale))) for f in frames]
     frame_ms = round(1000 / fps)
     durations = [frame_ms] * (len(pics) - 1) + [max(frame_ms, round(1000 * hold_last_s))]
-    return write_with(path, lambda f: pics[0].save(f, format="GIF", save_all=True, append_images=pics[1:],
-                                                  duration=durations, loop=0))
+    return write_with(
+        path, lambda f: pics[0].save(f, format="GIF", save_all=True, append_images=pics[1:], duration=durations, loop=0)
+    )

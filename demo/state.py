@@ -77,8 +77,20 @@ class Session:
     gr.State into the page config, and a lock cannot be serialised.
     """
 
-    _FIELDS = ("choice", "ema", "sampler", "chain_steps", "seed", "x", "step", "pred_x0", "generation", "branches",
-               "trajectory", "downloads")
+    _FIELDS = (
+        "choice",
+        "ema",
+        "sampler",
+        "chain_steps",
+        "seed",
+        "x",
+        "step",
+        "pred_x0",
+        "generation",
+        "branches",
+        "trajectory",
+        "downloads",
+    )
 
     def __init__(self):
         self.choice: str | None = None

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 class _Keep:
@@ -37,7 +38,7 @@ class View:
     editor: Any = KEEP  # the inpainting editor: a picture to paint the mask on
     strip: Any = KEEP  # the interpolation strip, A to B
 
-    def but(self, **changes) -> "View":
+    def but(self, **changes) -> View:
         return dataclasses.replace(self, **changes)
 
     def values(self, names, skip):
@@ -59,12 +60,15 @@ def bind(handler: Callable, names: tuple[str, ...], skip: Callable) -> Callable:
     if unknown:
         raise ValueError(f"no View fields {sorted(unknown)}; known: {FIELDS}")
     if inspect.isgeneratorfunction(handler):
+
         @functools.wraps(handler)
         def run(*args):
             for view in handler(*args):
                 yield view.values(names, skip)
     else:
+
         @functools.wraps(handler)
         def run(*args):
             return handler(*args).values(names, skip)
+
     return run

@@ -7,6 +7,7 @@ import jax
 import pytest
 
 from ddpm_jax import Diffusion
+from ddpm_jax.compile_cache import enable_compilation_cache
 from ddpm_jax.unet import init_params
 
 from .helpers import TINY_DIFFUSION, TINY_UNET
@@ -14,7 +15,13 @@ from .helpers import TINY_DIFFUSION, TINY_UNET
 # Downloads, converted params and compiled programs of the tests stay out of
 # the user's cache (tests that need their own cache override this).
 os.environ.setdefault("DDPM_JAX_CACHE", tempfile.mkdtemp(prefix="ddpm_jax_test_cache_"))
-
+# Gradio's files of this process's servers: its own folder, so that test processes
+# running side by side (pytest -n) never serve or delete each other's files.
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="ddpm_jax_test_gradio_")
+# One persistent compilation cache for the whole run (the commands the tests
+# start use it too): a program that another test or process compiled loads
+# instead of compiling again.
+enable_compilation_cache()
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +31,7 @@ def tiny_params():
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_params):
-    return Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, chunk_size=8)
+    return Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, chunk_size=8)
 
 
 @pytest.fixture(scope="session")

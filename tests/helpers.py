@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 
 import jax
 import numpy as np
@@ -23,32 +24,41 @@ from ddpm_jax.weights import expected_shapes, unflatten_params
 
 # Two levels with attention at 4x4 and dropout: every part of the UNet, 8x8 grayscale.
 TINY_UNET = UNetConfig(
-    resolution=8, in_channels=1, out_ch=1, ch=32, ch_mult=(1, 2),
-    num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
+    resolution=8,
+    in_channels=1,
+    out_ch=1,
+    ch=32,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(4,),
+    dropout=0.1,
 )
 TINY_DIFFUSION = DiffusionConfig(num_diffusion_timesteps=40, model_var_type="fixedlarge")
 # One level, no attention below the mid block: compiles fastest (demo, training).
-ONE_LEVEL_UNET = UNetConfig(resolution=8, in_channels=1, out_ch=1, ch=32, ch_mult=(1,),
-                            num_res_blocks=1, attn_resolutions=(), dropout=0.1)
+ONE_LEVEL_UNET = UNetConfig(
+    resolution=8, in_channels=1, out_ch=1, ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.1
+)
 # RGB, every part, no dropout: whole chains against diffusers' PyTorch scheduler.
-RGB_UNET = UNetConfig(resolution=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-                      dropout=0.0)
+RGB_UNET = UNetConfig(resolution=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
 # Three levels, attention at the middle one only, nin_shortcuts, both resamplers:
 # the converter's tables against a real PyTorch model.
-CONVERT_UNET = UNetConfig(resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2,
-                          attn_resolutions=(8,), dropout=0.0)
+CONVERT_UNET = UNetConfig(resolution=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,), dropout=0.0)
 # The cifar10 preset's shape (32x32 RGB, four levels, attention at 16x16) with
 # few channels: every Winograd tile size of the fast CPU path, and quick.
-CIFAR_SHAPED_UNET = UNetConfig(resolution=32, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1,
-                               attn_resolutions=(16,), dropout=0.0)
-MINI_TRAIN = TrainConfig(learning_rate=1e-3, warmup_steps=20, ema_decay=0.99, batch_size=16,
-                         random_flip=False, seed=0)
+CIFAR_SHAPED_UNET = UNetConfig(
+    resolution=32, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.0
+)
+MINI_TRAIN = TrainConfig(learning_rate=1e-3, warmup_steps=20, ema_decay=0.99, batch_size=16, random_flip=False, seed=0)
 
 
 def tiny_diffusion_model(unet=TINY_UNET, T=40, seed=0, **kwargs) -> Diffusion:
     """A randomly initialised model of `unet` over a T-step linear process."""
-    return Diffusion(DiffusionConfig(num_diffusion_timesteps=T), unet, init_params(unet, jax.random.key(seed)),
-                     **kwargs)
+    return Diffusion(
+        diffusion_config=DiffusionConfig(num_diffusion_timesteps=T),
+        unet_config=unet,
+        params=init_params(unet, jax.random.key(seed)),
+        **kwargs,
+    )
 
 
 # The demo's tiny model: a T-step process, compiled in chunks of CHUNK steps.
@@ -66,8 +76,14 @@ def tiny_models(path):
     """The demo's model registry: the tiny model, plus a choice that cannot be loaded."""
     from ddpm_jax.demo.models import Models
 
-    return Models({"tiny": (path, path), "broken": ("no_such_model", "ema_no_such_model")},
-                  chunk_size=CHUNK)
+    return Models({"tiny": (path, path), "broken": ("no_such_model", "ema_no_such_model")}, chunk_size=CHUNK)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, as the system assigns them (ephemeral, not reused at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -76,8 +92,11 @@ def serving(models, max_upload_mb=10, **kwargs):
     from ddpm_jax.demo.app import build_app, launch
 
     app = build_app(models, "tiny", **kwargs)
-    _, url, _ = launch(app, host="127.0.0.1", port=None, prevent_thread_lock=True, quiet=True,
-                       max_upload_mb=max_upload_mb)
+    # A port the system picks, not Gradio's first free one from 7860: test workers
+    # running side by side must never reach each other's server.
+    _, url, _ = launch(
+        app, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True, max_upload_mb=max_upload_mb
+    )
     try:
         assert url.startswith("http://127.0.0.1:")
         yield url
@@ -238,14 +257,14 @@ class CheckpointServer:
                     self.wfile.write(bytes(b ^ 0xFF for b in body))
                 elif how == "slow":
                     for i in range(10):
-                        self.wfile.write(body[i * len(body) // 10:(i + 1) * len(body) // 10])
+                        self.wfile.write(body[i * len(body) // 10 : (i + 1) * len(body) // 10])
                         self.wfile.flush()
                         server.closing.wait(0.05)
                 elif how == "drip":
                     for i in range(len(body)):
                         if server.closing.is_set():
                             return
-                        self.wfile.write(body[i:i + 1])
+                        self.wfile.write(body[i : i + 1])
                         self.wfile.flush()
                         server.closing.wait(server.drip_interval)
                 elif how == "endless":

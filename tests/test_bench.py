@@ -28,8 +28,14 @@ def tiny_path(tmp_path_factory):
 
 
 def run(cmd, env=None, timeout=600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        list(map(str, cmd)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -41,8 +47,20 @@ def bench(script, *args, timeout=300) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True], ids=["sampling", "training"])
 def test_scaling(tiny_path, train):
-    out = bench("scaling.py", "--model", tiny_path, "--devices", "1,2", "--batch", 4, "--steps", 2, "--reps", 1,
-                *(["--train"] if train else []))
+    out = bench(
+        "scaling.py",
+        "--model",
+        tiny_path,
+        "--devices",
+        "1,2",
+        "--batch",
+        4,
+        "--steps",
+        2,
+        "--reps",
+        1,
+        *(["--train"] if train else []),
+    )
     rows = re.findall(r"^\s+(\d)\s+([\d.]+)\s", out, re.M)
     assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1]) > 0 for r in rows), out
 
@@ -89,8 +107,13 @@ def test_precision_bench_prints_and_saves_each_options_deviation(tmp_path):
     proc = run([sys.executable, "bench/precision.py", "--steps", "3", "--n", "2", "--json", str(out)])
     res = json.loads(out.read_text())
     rows = {(r["precision"], r["conv"]): r for r in res["options"]}
-    assert list(rows) == [("float32", "xla"), ("float32", "winograd"), ("bfloat16", "xla"),
-                          ("mixed_bf16", "xla"), ("mixed_bf16", "winograd")]
+    assert list(rows) == [
+        ("float32", "xla"),
+        ("float32", "winograd"),
+        ("bfloat16", "xla"),
+        ("mixed_bf16", "xla"),
+        ("mixed_bf16", "winograd"),
+    ]
     assert rows["float32", "xla"]["max_abs"] == 0 and rows["float32", "winograd"]["max_abs"] < 1e-3
     for key in (("bfloat16", "xla"), ("mixed_bf16", "xla"), ("mixed_bf16", "winograd")):
         assert 0 < rows[key]["max_abs"] < 1 and 0 <= rows[key]["pixels_off_by_8"] < 0.5
@@ -101,21 +124,24 @@ def test_precision_bench_prints_and_saves_each_options_deviation(tmp_path):
 @pytest.mark.slow
 def test_gpu_script_dry_run_runs_the_sampling_bench_on_a_tiny_unet(tmp_path):
     variants = ["jax_fast", "torch"]
-    proc = run(["bash", "bench/gpu.sh", "--cpu-dry-run", "--variants", ",".join(variants), "--out", str(tmp_path)],
-               env={"PYTHON": sys.executable})
+    proc = run(
+        ["bash", "bench/gpu.sh", "--cpu-dry-run", "--variants", ",".join(variants), "--out", str(tmp_path)],
+        env={"PYTHON": sys.executable},
+    )
     check_sampling_results(json.loads((tmp_path / "gpu.json").read_text()), variants)
     out = proc.stdout
     assert (tmp_path / "gpu.txt").read_text() == out and "parity on" in out and cpu_model() in out
     assert "tiny batch 1 jax_fast: vs torch" in out and "whole chain tiny batch 1" in out
-    bad = subprocess.run([sys.executable, "bench/sampling.py", "--variants", "jax_fast,nope"], cwd=ROOT,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "bench/sampling.py", "--variants", "jax_fast,nope"], cwd=ROOT, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "unknown variants ['nope']" in bad.stderr
 
 
 @pytest.mark.slow
 def test_gpu_script_full_dry_run_with_torch_compile(tmp_path):
-    run(["bash", "bench/gpu.sh", "--cpu-dry-run", "--out", str(tmp_path)], env={"PYTHON": sys.executable},
-        timeout=1800)
+    run(["bash", "bench/gpu.sh", "--cpu-dry-run", "--out", str(tmp_path)], env={"PYTHON": sys.executable}, timeout=1800)
     res = json.loads((tmp_path / "gpu.json").read_text())
-    check_sampling_results(res, ["jax_xla", "torch", "torch_compile", "jax_bf16", "torch_bf16",
-                                 "torch_compile_bf16", "jax_mixed_bf16"])
+    check_sampling_results(
+        res, ["jax_xla", "torch", "torch_compile", "jax_bf16", "torch_bf16", "torch_compile_bf16", "jax_mixed_bf16"]
+    )

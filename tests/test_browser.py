@@ -117,8 +117,7 @@ def test_page_inpaints_a_painted_stroke(demo_models):
         for field, value in (("#rp_steps", 10), ("#rp_jump", 3), ("#rp_resample", 2)):
             page.locator(f"{field} input").fill(str(value))
         page.click("#inpaint")
-        page.wait_for_function("document.querySelector('#status').innerText.includes('inpainted')",
-                               timeout=60_000)
+        page.wait_for_function("document.querySelector('#status').innerText.includes('inpainted')", timeout=60_000)
         after = shown_tile(page)
         changed = np.flatnonzero((after != before).any(axis=0))
         assert len(changed) and changed.min() >= 2 and changed.max() <= 5, changed  # the stroke's columns

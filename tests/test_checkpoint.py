@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from ddpm_jax.checkpoint import (
-    checkpoint_path, list_checkpoints, read_checkpoint, restore_state, save_checkpoint,
+    checkpoint_path,
+    list_checkpoints,
+    read_checkpoint,
+    restore_state,
+    save_checkpoint,
 )
 from ddpm_jax.train import TrainState
 
@@ -43,8 +47,7 @@ def test_round_trip_is_exact(tmp_path):
 def test_keeps_the_newest_and_never_overwrites(tmp_path):
     for s in (1, 2, 3, 4):
         save_checkpoint(tmp_path, _state(s), {}, keep=2)
-    assert [p.name for p in list_checkpoints(tmp_path)] == [
-        "ckpt-00000003.safetensors", "ckpt-00000004.safetensors"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000003.safetensors", "ckpt-00000004.safetensors"]
     before = checkpoint_path(tmp_path, 4).read_bytes()
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         save_checkpoint(tmp_path, _state(4, scale=9.0), {})
@@ -76,7 +79,10 @@ def test_mismatched_state_names_the_leaves(tmp_path):
     other = _state(0)
     other = TrainState(
         params={"conv": {"kernel": jnp.zeros((3, 3, 1, 4)), "bias": jnp.zeros(2)}},
-        ema_params=other.ema_params, opt_state=other.opt_state, step=other.step, key=other.key,
+        ema_params=other.ema_params,
+        opt_state=other.opt_state,
+        step=other.step,
+        key=other.key,
     )
     with pytest.raises(ValueError, match=r"mismatched: \.params\['conv'\]\['kernel'\]"):
         restore_state(flat, other)

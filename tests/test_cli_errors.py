@@ -1,4 +1,4 @@
-"""Hardening, class 5: every expected CLI error is one line on stderr and exit
+"""Every expected CLI error is one line on stderr and exit
 code 2, checked before a model is loaded where it can be; tracebacks are for
 bugs (and for everything with DDPM_JAX_DEBUG=1); error texts name the real cause."""
 
@@ -14,8 +14,9 @@ import sys
 
 import pytest
 
-from ddpm_jax import cli, sample_cli
-from ddpm_jax.cli import check_out_dir, main
+from ddpm_jax import cli
+from ddpm_jax.cli import main, sample
+from ddpm_jax.cli.common import check_out_dir
 from ddpm_jax.convert.safe_load import load_state_dict
 
 
@@ -31,10 +32,13 @@ def one_line(err: str) -> str:
     return err
 
 
-@pytest.mark.parametrize("make_out, says", [
-    (lambda d: (d / "f.png").write_bytes(b"x") and d / "f.png", "f.png is a file, not a folder"),
-    (lambda d: (d / "f").write_bytes(b"x") and d / "f" / "sub" / "dir", "f is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "make_out, says",
+    [
+        (lambda d: (d / "f.png").write_bytes(b"x") and d / "f.png", "f.png is a file, not a folder"),
+        (lambda d: (d / "f").write_bytes(b"x") and d / "f" / "sub" / "dir", "f is a file, not a folder"),
+    ],
+)
 def test_out_that_cannot_be_a_folder_fails_before_loading_a_model(tmp_path, capsys, make_out, says):
     out = make_out(tmp_path)
     before = sorted(tmp_path.rglob("*"))
@@ -71,13 +75,16 @@ def test_a_write_that_fails_on_the_disk_is_a_message(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.parametrize("content, says", [
-    (b"", "is empty (0 bytes): not a PyTorch checkpoint"),
-    (b"\x13" + random.Random(0).randbytes(4096), "is not a PyTorch checkpoint: neither a zip"),
-    (b"hello, I am text\n", "is not a PyTorch checkpoint"),
-    (b"\x80\x02\x8a\x0a", "is not a readable PyTorch checkpoint: a damaged or truncated pickle"),
-    (pickle.dumps({"a": 1}, protocol=4), "is not a plain tensor checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"", "is empty (0 bytes): not a PyTorch checkpoint"),
+        (b"\x13" + random.Random(0).randbytes(4096), "is not a PyTorch checkpoint: neither a zip"),
+        (b"hello, I am text\n", "is not a PyTorch checkpoint"),
+        (b"\x80\x02\x8a\x0a", "is not a readable PyTorch checkpoint: a damaged or truncated pickle"),
+        (pickle.dumps({"a": 1}, protocol=4), "is not a plain tensor checkpoint"),
+    ],
+)
 def test_checkpoint_errors_name_the_real_cause(tmp_path, capsys, content, says):
     path = tmp_path / "model.pt"
     path.write_bytes(content)
@@ -119,7 +126,7 @@ def test_bugs_keep_their_traceback_and_debug_shows_every_one(tmp_path, monkeypat
     def bug(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(sample_cli, "run", bug)
+    monkeypatch.setattr(sample, "run", bug)
     with pytest.raises(ZeroDivisionError):
         main(["sample", "--out", str(tmp_path)])
     assert cli._expected(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate"))
@@ -128,10 +135,16 @@ def test_bugs_keep_their_traceback_and_debug_shows_every_one(tmp_path, monkeypat
 
 def test_the_console_script_prints_one_line(tmp_path):
     (tmp_path / "taken").write_text("a file")
-    proc = subprocess.run([sys.executable, "-m", "ddpm_jax.cli", "sample", "--out", str(tmp_path / "taken")],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "DDPM_JAX_DEBUG": ""})
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddpm_jax.cli", "sample", "--out", str(tmp_path / "taken")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DDPM_JAX_DEBUG": ""},
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines()[-1] == (
         f"ddpm-jax sample: error: --out {tmp_path / 'taken'}: {tmp_path / 'taken'} is a file, not a folder; "
-        "give a folder path")
+        "give a folder path"
+    )
     assert "Traceback" not in proc.stderr

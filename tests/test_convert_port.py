@@ -15,8 +15,10 @@ from .helpers import CONVERT_UNET, random_params, zero_state_dict
 
 def port_shapes(config):
     """The port's key -> shape for `config`."""
-    return {k.theirs: theirs_from_ours(k.kind, k.leaf, np.broadcast_to(0, k.shape)).shape
-            for k in key_table(PORT_TABLE, config)}
+    return {
+        k.theirs: theirs_from_ours(k.kind, k.leaf, np.broadcast_to(0, k.shape)).shape
+        for k in key_table(PORT_TABLE, config)
+    }
 
 
 @pytest.mark.parametrize("config", [CONVERT_UNET, UNET_PRESETS["cifar10"]], ids=["tiny", "cifar10"])
@@ -50,10 +52,20 @@ def test_layouts_follow_the_port():
 def test_key_families_of_the_cifar10_checkpoint():
     keys = set(port_shapes(UNET_PRESETS["cifar10"]))
     assert len(keys) == 328
-    for k in ("temb.dense.0.weight", "conv_in.bias", "down.1.attn.1.proj_out.weight", "down.0.downsample.conv.weight",
-              "mid.block_1.temb_proj.weight", "mid.attn_1.k.bias", "mid.block_2.norm2.weight",
-              "up.3.block.2.nin_shortcut.weight", "up.1.attn.2.v.weight", "up.3.upsample.conv.bias",
-              "norm_out.bias", "conv_out.weight"):
+    for k in (
+        "temb.dense.0.weight",
+        "conv_in.bias",
+        "down.1.attn.1.proj_out.weight",
+        "down.0.downsample.conv.weight",
+        "mid.block_1.temb_proj.weight",
+        "mid.attn_1.k.bias",
+        "mid.block_2.norm2.weight",
+        "up.3.block.2.nin_shortcut.weight",
+        "up.1.attn.2.v.weight",
+        "up.3.upsample.conv.bias",
+        "norm_out.bias",
+        "conv_out.weight",
+    ):
         assert k in keys, k
     assert port_shapes(UNET_PRESETS["cifar10"])["down.1.attn.0.q.weight"] == (256, 256, 1, 1)
 

@@ -7,7 +7,12 @@ import pytest
 from PIL import Image
 
 from ddpm_jax.data import (
-    digits_split, digits_to_images, images_to_digits, load_array, load_dataset, load_folder,
+    digits_split,
+    digits_to_images,
+    images_to_digits,
+    load_array,
+    load_dataset,
+    load_folder,
 )
 
 

@@ -136,8 +136,7 @@ def test_two_clients_at_once_keep_their_own_state(url):
     a, b = demo_client(url), demo_client(url)
     a.predict("tiny", False, 1, 1, api_name="/reset")
     b.predict("tiny", False, 2, 2, api_name="/reset")
-    jobs = [a.submit(T - 10, False, True, api_name="/denoise"),
-            b.submit(25, False, True, api_name="/denoise")]
+    jobs = [a.submit(T - 10, False, True, api_name="/denoise"), b.submit(25, False, True, api_name="/denoise")]
     out_a, out_b = (j.result(timeout=120) for j in jobs)
     assert (out_a[1], out_b[1]) == (10, T - 25)
     check_view(out_a, 10)
@@ -171,7 +170,7 @@ def test_branch_shows_x_t_and_k_continuations(url):
     assert "3 continuations" in status and "20 / 20 steps" in bar
     row = pixels(img)[::SCALE, ::SCALE]
     assert row.shape == (8 + 4, 4 * (8 + 2) + 2)
-    tiles = [row[2:10, 2 + i * 10: 10 + i * 10] for i in range(4)]
+    tiles = [row[2:10, 2 + i * 10 : 10 + i * 10] for i in range(4)]
     assert all(not np.array_equal(tiles[i], tiles[j]) for i in range(1, 4) for j in range(i))
     assert c.predict(False, api_name="/view")[1] == T - 20  # the session's x_t is untouched
 
@@ -303,8 +302,20 @@ def test_demo_command_serves_and_fills_the_compilation_cache(model_path, tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cache = tmp_path / "jax_cache"
-    cmd = [sys.executable, "-m", "ddpm_jax.cli", "demo", "--model", model_path,
-           "--port", str(port), "--cache-dir", str(cache), "--chunk-size", str(CHUNK)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ddpm_jax.cli",
+        "demo",
+        "--model",
+        model_path,
+        "--port",
+        str(port),
+        "--cache-dir",
+        str(cache),
+        "--chunk-size",
+        str(CHUNK),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         c = connect(f"http://127.0.0.1:{port}/", proc, timeout=300)
@@ -351,7 +362,11 @@ def test_a_dpm_solver_chain_split_by_the_page_equals_one_call(models):
     assert [v.step for v in demo.denoise(s, 6, False, True)][-1] == 0
     direct = models.get("tiny").respaced(10, "dpmpp_2m").denoise(2, key=3)
     np.testing.assert_array_equal(np.asarray(s.x), np.asarray(direct))
-    assert models.get("tiny", False, "dpmpp_2m", 10) is models.get("tiny", False, "dpmpp_2m", 10)  # compiled once
+    chunk = models.get("tiny")._denoise_chunk  # shared by every chain of the model
+    compiled = chunk._cache_size()
+    list(demo.reset(s, "tiny", False, 4, 2, "dpmpp_2m", 7))  # another chain length: compiled once per sampler
+    assert [v.step for v in demo.denoise(s, 7, False, True)][-1] == 0
+    assert chunk._cache_size() == compiled
     bad = list(demo.reset(s, "tiny", False, 3, 2, "dpmpp_2m", T))
     assert "chain steps must be between 0 and 39" in bad[-1].status and s.step == 0
     assert list(demo.reset(s, "tiny", False, 3, 2, "ddim", 0))[-1].step == T  # 0: all T steps

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from ddpm_jax.demo import editing, render
-from ddpm_jax.inpainting import jump_schedule
 from ddpm_jax.demo.handlers import Demo
 from ddpm_jax.demo.state import Session
+from ddpm_jax.inpainting import jump_schedule
 
 from .helpers import ONE_LEVEL_UNET, T, demo_client, serving
 
@@ -31,13 +31,13 @@ def tiles(path, n) -> np.ndarray:
     img = np.asarray(Image.open(path))[::SCALE, ::SCALE]
     if n == 1:
         return img[None]
-    return np.stack([img[2:2 + R, 2 + i * (R + 2): 2 + i * (R + 2) + R] for i in range(n)])
+    return np.stack([img[2 : 2 + R, 2 + i * (R + 2) : 2 + i * (R + 2) + R] for i in range(n)])
 
 
 def painted_layer(tmp_path, size, cols) -> str:
     """An RGBA layer of the editor with columns `cols` (model pixels) painted."""
     layer = np.zeros((size, size, 4), np.uint8)
-    layer[:, cols.start * SCALE: cols.stop * SCALE] = (255, 48, 48, 255)
+    layer[:, cols.start * SCALE : cols.stop * SCALE] = (255, 48, 48, 255)
     return _save(tmp_path / f"layer_{cols.start}_{cols.stop}.png", layer)
 
 
@@ -50,9 +50,11 @@ def test_inpaint_fills_the_painted_part_and_keeps_the_rest(url, tmp_path):
     assert "sample 0 is in the editor" in status
     background = edited["background"]
     assert Image.open(background).size == (R * SCALE, R * SCALE)
-    value = {"background": gradio_client.handle_file(background),
-             "layers": [gradio_client.handle_file(painted_layer(tmp_path, R * SCALE, range(5, 8)))],
-             "composite": None}
+    value = {
+        "background": gradio_client.handle_file(background),
+        "layers": [gradio_client.handle_file(painted_layer(tmp_path, R * SCALE, range(5, 8)))],
+        "composite": None,
+    }
     out = c.predict(value, 10, 3, 2, False, True, api_name="/inpaint")
     assert out[1] == 0 and "inpainted 2 completions" in out[2], out[2]
     done = tiles(out[0], 2)
@@ -88,11 +90,17 @@ def test_bad_edits_get_a_message_and_change_nothing(url, tmp_path):
         return {
             "layers_none": {"background": bg, "layers": [], "composite": None},
             "no_background": {"background": None, "layers": [], "composite": None},
-            "small_layer": {"background": gradio_client.handle_file(big),
-                            "layers": [gradio_client.handle_file(small)], "composite": None},
+            "small_layer": {
+                "background": gradio_client.handle_file(big),
+                "layers": [gradio_client.handle_file(small)],
+                "composite": None,
+            },
             "junk": {"background": gradio_client.handle_file(junk), "layers": [], "composite": None},
-            "ok": {"background": bg, "composite": None,
-                   "layers": [gradio_client.handle_file(painted_layer(tmp_path, R * SCALE, range(0, 4)))]},
+            "ok": {
+                "background": bg,
+                "composite": None,
+                "layers": [gradio_client.handle_file(painted_layer(tmp_path, R * SCALE, range(0, 4)))],
+            },
         }[name]
 
     for name, fragment in BAD_EDITS:
@@ -100,9 +108,11 @@ def test_bad_edits_get_a_message_and_change_nothing(url, tmp_path):
         assert out[2].startswith("⚠️") and fragment in out[2], (name, out[2])
         assert out[1] == 0
         np.testing.assert_array_equal(tiles(out[0], 1), tiles(before[0], 1))
-    for args, fragment in (((T + 1, 3, 2), "RePaint steps must be between 1 and 40"),
-                           ((10, 11, 2), "jump length must be between 1 and 10"),
-                           ((10, 3, 0), "resamplings must be between 1 and 20")):
+    for args, fragment in (
+        ((T + 1, 3, 2), "RePaint steps must be between 1 and 40"),
+        ((10, 11, 2), "jump length must be between 1 and 10"),
+        ((10, 3, 0), "resamplings must be between 1 and 20"),
+    ):
         out = c.predict(send("ok"), *args, False, True, api_name="/inpaint")
         assert fragment in out[2], out[2]
 
@@ -122,13 +132,16 @@ def test_interpolate_sample_0_and_another_seed(url, tmp_path):
     np.testing.assert_array_equal(row[0], tiles(before[0], 1)[0])  # A is sample 0
     assert c.predict(False, api_name="/view")[1] == 0  # the session's x is untouched
     up = _save(tmp_path / "b.png", np.full((20, 30), 200, np.uint8))
-    strip, status, _ = c.predict("sample 0", None, "upload", gradio_client.handle_file(up), 0, 20, 3, True,
-                                 api_name="/interpolate")
+    strip, status, _ = c.predict(
+        "sample 0", None, "upload", gradio_client.handle_file(up), 0, 20, 3, True, api_name="/interpolate"
+    )
     assert abs(int(tiles(strip, 5)[-1].mean()) - 200) <= 1, status  # B is the upload
-    for args, fragment in ((("sample 0", None, "upload", None, 0, 20, 3, True), "no picture for B"),
-                           (("sample 0", None, "another seed", None, 1, T + 1, 3, True), "t must be between 1 and 40"),
-                           (("sample 0", None, "another seed", None, 1, 10, 1, True), "k must be between 2 and 12"),
-                           (("elsewhere", None, "another seed", None, 1, 10, 3, True), "A must come from")):
+    for args, fragment in (
+        (("sample 0", None, "upload", None, 0, 20, 3, True), "no picture for B"),
+        (("sample 0", None, "another seed", None, 1, T + 1, 3, True), "t must be between 1 and 40"),
+        (("sample 0", None, "another seed", None, 1, 10, 1, True), "k must be between 2 and 12"),
+        (("elsewhere", None, "another seed", None, 1, 10, 3, True), "A must come from"),
+    ):
         _, status, _ = c.predict(*args, api_name="/interpolate")
         assert status.startswith("⚠️") and fragment in status, (args, status)
 
@@ -159,7 +172,7 @@ def test_editing_helpers():
     layer = np.zeros((32, 32, 4), np.uint8)
     layer[:2, :, 3] = 255  # half of the first row of model pixels: covered 0.5 >= 0.25
     layer[8:9, :, 3] = 255  # a quarter of row 2
-    layer[16:16 + 0, :, 3] = 255
+    layer[16 : 16 + 0, :, 3] = 255
     mask = editing.fill_mask([layer], (32, 32), 8)
     assert mask[0].all() and mask[2].all() and not mask[1].any() and not mask[3:].any()
     with pytest.raises(ValueError, match="no mask painted"):

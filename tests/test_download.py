@@ -99,8 +99,18 @@ def test_two_processes_fetching_at_once(server, tmp_path):
     server.plan["/model.ckpt"] = ["slow", "slow"]
     go = tmp_path / "go"
     procs = [
-        subprocess.Popen([sys.executable, "-c", _FETCH_WHEN_TOLD, server.url("/model.ckpt"), str(dest), MD5,
-                          str(tmp_path / f"ready{i}"), str(go)])
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _FETCH_WHEN_TOLD,
+                server.url("/model.ckpt"),
+                str(dest),
+                MD5,
+                str(tmp_path / f"ready{i}"),
+                str(go),
+            ]
+        )
         for i in range(2)
     ]
     deadline = time.time() + 120

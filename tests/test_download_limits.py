@@ -1,4 +1,4 @@
-"""Hardening, class 4: every download ends, within bounds, against a loopback
+"""Every download ends, within bounds, against a loopback
 server that drips, stalls, streams without end, announces too much or says 404;
 a process waiting for another's download says so; the Hub probe gives up fast.
 Nothing here touches the internet."""
@@ -121,8 +121,7 @@ def test_waiting_for_another_process_says_so_and_is_bounded(server, tmp_path, ca
     held.acquire()  # another "process" (another file descriptor) is downloading
     try:
         with caplog.at_level(logging.WARNING, logger="ddpm_jax.download"):
-            msg, took = timed(lambda: fetch(server.url("/m.ckpt"), dest, MD5,
-                                            limits=Limits(deadline=0.5, stall=0.25)))
+            msg, took = timed(lambda: fetch(server.url("/m.ckpt"), dest, MD5, limits=Limits(deadline=0.5, stall=0.25)))
     finally:
         held.release()
     assert "another process is fetching m.ckpt; waiting for it" in caplog.text

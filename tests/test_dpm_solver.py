@@ -29,7 +29,7 @@ from ddpm_jax import Diffusion, DiffusionConfig  # noqa: E402
 from ddpm_jax.cli import main  # noqa: E402
 from ddpm_jax.coefficients import linspace_timesteps  # noqa: E402
 from ddpm_jax.convert.diffusers_format import diffusers_to_flax  # noqa: E402
-from ddpm_jax.sampling import _DENOISE, _per_sample_normal, initial_noise  # noqa: E402
+from ddpm_jax.sampling import DENOISE, initial_noise, per_sample_normal  # noqa: E402
 
 from .helpers import ONE_LEVEL_UNET, numpy_state_dict, random_diffusers_unet  # noqa: E402
 
@@ -47,7 +47,12 @@ pytestmark = pytest.mark.usefixtures("highest_precision")  # parity at float32's
 def peer():
     """diffusers' random UNet2DModel and ours on its params (T = 1000, linear betas)."""
     model = random_diffusers_unet(UNET, seed=3)
-    return model, Diffusion(DiffusionConfig(), UNET, diffusers_to_flax(numpy_state_dict(model), UNET), chunk_size=4)
+    return model, Diffusion(
+        diffusion_config=DiffusionConfig(),
+        unet_config=UNET,
+        params=diffusers_to_flax(numpy_state_dict(model), UNET),
+        chunk_size=4,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +72,18 @@ def scheduler(steps, *, clip=True, sde=False):
     from diffusers import DPMSolverMultistepScheduler
 
     sched = DPMSolverMultistepScheduler(
-        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-        solver_order=2, algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++", solver_type="midpoint",
-        lower_order_final=True, final_sigmas_type="zero", timestep_spacing="linspace",
-        thresholding=clip, sample_max_value=1.0,
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        solver_order=2,
+        algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++",
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        timestep_spacing="linspace",
+        thresholding=clip,
+        sample_max_value=1.0,
     )
     sched.set_timesteps(steps)
     return sched
@@ -92,7 +105,7 @@ def diffusers_chain(model, steps, *, clip=True, sde=False) -> dict[int, np.ndarr
     with torch.no_grad():
         for j, t in enumerate(sched.timesteps):
             i = steps - 1 - j  # our chain index
-            noise = to_torch(_per_sample_normal(jax.random.fold_in(key, _DENOISE), ids, i, SHAPE))
+            noise = to_torch(per_sample_normal(key, DENOISE, ids, i, SHAPE))
             x = sched.step(model(x, t).sample, t, x, variance_noise=noise).prev_sample
             out[i] = x.numpy().transpose(0, 2, 3, 1)
     return out
@@ -106,8 +119,15 @@ def compare(model, ours: Diffusion, steps, *, clip=True, sde=False) -> float:
     for item in ours.denoise_steps(N, key=KEY, clip=clip):
         want = theirs[item.step]
         err = np.abs(np.asarray(item.x) - want).max() / (1.0 if clip else max(1.0, np.abs(want).max()))
-        log.info("%s S=%d clip=%s, x after step %d: max |ours - diffusers| %.2e%s", ours.sampler, steps, clip,
-                 item.step, err, "" if clip else " of the scale")
+        log.info(
+            "%s S=%d clip=%s, x after step %d: max |ours - diffusers| %.2e%s",
+            ours.sampler,
+            steps,
+            clip,
+            item.step,
+            err,
+            "" if clip else " of the scale",
+        )
         worst = max(worst, err)
     if clip:  # a real comparison: the chain's intermediate x are mostly inside (-1, 1), not clipped away
         assert (np.abs(theirs[steps // 2]) < 0.999).mean() > 0.3

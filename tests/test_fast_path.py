@@ -28,7 +28,7 @@ def direct_conv_f64(x, g):
     x, g = np.asarray(x, np.float64), np.asarray(g, np.float64)
     n, h, w, _ = x.shape
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return sum(xp[:, dy:dy + h, dx:dx + w] @ g[dy, dx] for dy in range(3) for dx in range(3))
+    return sum(xp[:, dy : dy + h, dx : dx + w] @ g[dy, dx] for dy in range(3) for dx in range(3))
 
 
 @pytest.mark.parametrize("m, size, tol", [(2, 4, 2e-6), (2, 8, 2e-6), (4, 8, 2e-5), (4, 16, 2e-5)])
@@ -73,13 +73,14 @@ def test_policy_picks_the_tile_by_map_size_channels_and_stride():
     assert choose_ops("float32", "xla", "cpu") == Ops()
     assert choose_ops("float32", "winograd", "gpu") == Ops(CPU_WINOGRAD)
     assert choose_ops("bfloat16", "auto", "cpu") == Ops()
-    assert choose_ops("mixed_bf16", "auto", "cpu") == Ops(BF16_WINOGRAD, min_channels=AUTO_MIN_CHANNELS,
-                                                          dot_dtype="bfloat16")
+    assert choose_ops("mixed_bf16", "auto", "cpu") == Ops(
+        BF16_WINOGRAD, min_channels=AUTO_MIN_CHANNELS, dot_dtype="bfloat16"
+    )
     assert choose_ops("mixed_bf16", "xla", "tpu") == Ops(dot_dtype="bfloat16")
 
 
 def test_run_params_are_an_inference_layout_of_untouched_params(tiny_params):
-    m = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, conv="winograd")
+    m = Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="winograd")
     plain, run = flatten_params(m.params), flatten_params(m.run_params)
     assert run.keys() == plain.keys()
     assert all(np.array_equal(plain[k], flatten_params(tiny_params)[k]) for k in plain)
@@ -91,17 +92,21 @@ def test_run_params_are_an_inference_layout_of_untouched_params(tiny_params):
     assert changed["up_1/block_0/conv1/kernel"] == (4, 4, 128, 64)
     # Every other 3x3 conv too (17); conv_in, conv_out and the strided conv stay 3x3.
     conv3x3 = [k for k, a in plain.items() if a.ndim == 4]
-    assert sorted(changed) == sorted(set(conv3x3) - {"conv_in/kernel", "conv_out/kernel",
-                                                      "down_0/downsample/conv/kernel"})
+    assert sorted(changed) == sorted(
+        set(conv3x3) - {"conv_in/kernel", "conv_out/kernel", "down_0/downsample/conv/kernel"}
+    )
     assert len(changed) == 17
     u = run["down_0/block_0/conv1/kernel"]
-    np.testing.assert_allclose(u, winograd.transform_kernel(np.asarray(plain["down_0/block_0/conv1/kernel"]), 4),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        u, winograd.transform_kernel(np.asarray(plain["down_0/block_0/conv1/kernel"]), 4), rtol=1e-6
+    )
     # with_params lays the new params out the same way.
     other = init_params(TINY_UNET, jax.random.key(7))
     again = m.with_params(other)
-    np.testing.assert_allclose(flatten_params(again.run_params)["mid/block_1/conv2/kernel"],
-                               flatten_params(layout_params(TINY_UNET, m.model.ops, other))["mid/block_1/conv2/kernel"])
+    np.testing.assert_allclose(
+        flatten_params(again.run_params)["mid/block_1/conv2/kernel"],
+        flatten_params(layout_params(TINY_UNET, m.model.ops, other))["mid/block_1/conv2/kernel"],
+    )
 
 
 def _eps_fn(model):
@@ -134,8 +139,12 @@ def test_fast_path_matches_the_plain_unet_on_the_bundled_trained_model():
 @pytest.mark.slow
 def test_fast_path_matches_the_plain_unet_on_a_cifar10_shaped_model():
     params = init_params(CIFAR_SHAPED_UNET, jax.random.key(3))
-    plain = Diffusion(DIFFUSION_PRESETS["cifar10"], CIFAR_SHAPED_UNET, params, conv="xla")
-    fast = Diffusion(DIFFUSION_PRESETS["cifar10"], CIFAR_SHAPED_UNET, params, conv="winograd")
+    plain = Diffusion(
+        diffusion_config=DIFFUSION_PRESETS["cifar10"], unet_config=CIFAR_SHAPED_UNET, params=params, conv="xla"
+    )
+    fast = Diffusion(
+        diffusion_config=DIFFUSION_PRESETS["cifar10"], unet_config=CIFAR_SHAPED_UNET, params=params, conv="winograd"
+    )
     assert {a.shape[0] for a in flatten_params(fast.run_params).values() if a.ndim == 4} == {3, 4, 6}
     assert 0 < _max_eps_gap(fast, plain, batches=(2,)) < 1e-4
 
@@ -143,8 +152,12 @@ def test_fast_path_matches_the_plain_unet_on_a_cifar10_shaped_model():
 @pytest.mark.slow
 def test_auto_fast_path_matches_the_plain_unet_on_the_cifar10_preset():
     params = init_params(UNET_PRESETS["cifar10"], jax.random.key(0))
-    plain = Diffusion(DIFFUSION_PRESETS["cifar10"], UNET_PRESETS["cifar10"], params, conv="xla")
-    fast = Diffusion(DIFFUSION_PRESETS["cifar10"], UNET_PRESETS["cifar10"], params)  # auto on the CPU
+    plain = Diffusion(
+        diffusion_config=DIFFUSION_PRESETS["cifar10"], unet_config=UNET_PRESETS["cifar10"], params=params, conv="xla"
+    )
+    fast = Diffusion(
+        diffusion_config=DIFFUSION_PRESETS["cifar10"], unet_config=UNET_PRESETS["cifar10"], params=params
+    )  # auto on the CPU
     assert fast.model.ops.winograd
     assert 0 < _max_eps_gap(fast, plain) < 1e-4
 
@@ -173,12 +186,18 @@ def test_mixed_bf16_casts_kernels_once_and_stays_near_float32():
 
 def test_precision_and_conv_are_checked_and_kept_by_respaced(tiny_params):
     with pytest.raises(ValueError, match="unknown precision 'float16'; valid: float32, bfloat16, mixed_bf16"):
-        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, precision="float16")
+        Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, precision="float16")
     with pytest.raises(ValueError, match="unknown conv 'fft'; valid: auto, xla, winograd"):
-        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, conv="fft")
-    bf16 = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, precision="bfloat16")
+        Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="fft")
+    bf16 = Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, precision="bfloat16")
     assert bf16.dtype == jnp.bfloat16 and bf16.respaced(5).dtype == jnp.bfloat16
-    m = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, precision="mixed_bf16", conv="winograd")
+    m = Diffusion(
+        diffusion_config=TINY_DIFFUSION,
+        unet_config=TINY_UNET,
+        params=tiny_params,
+        precision="mixed_bf16",
+        conv="winograd",
+    )
     r = m.respaced(5)
     assert (r.precision, r.conv, r.model.ops) == ("mixed_bf16", "winograd", m.model.ops)
     assert r.run_params is m.run_params  # the same layout is made once, not per chain
@@ -209,12 +228,12 @@ def test_late_flags_and_a_fast_path_without_them_warn(monkeypatch, tiny_params):
     jnp.zeros(1).block_until_ready()  # the backend has started
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     with pytest.warns(RuntimeWarning, match="runs without its XLA flags"):
-        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, conv="winograd")
+        Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="winograd")
     with pytest.warns(RuntimeWarning, match="already started"):
         assert not cpu_flags.use_cpu_flags()
     with warnings.catch_warnings():  # flags now in the environment: no warning
         warnings.simplefilter("error", RuntimeWarning)
-        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, conv="winograd")
+        Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="winograd")
 
 
 def _ynn_in_dump(folder) -> bool:
@@ -228,8 +247,20 @@ def test_the_cli_starts_jax_with_the_flags(saved, tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path / "cache"))  # compile afresh: it dumps
     dumps = tmp_path / "cli", tmp_path / "plain"
     monkeypatch.setenv("XLA_FLAGS", f"--xla_dump_to={dumps[0]}")
-    cmd = [sys.executable, "-m", "ddpm_jax.cli", "sample", "--model", str(saved), "--n", "1", "--steps", "2",
-           "--out", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ddpm_jax.cli",
+        "sample",
+        "--model",
+        str(saved),
+        "--n",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     # The same jaxlib without the flags hands dots and reductions to YNNPACK.
     monkeypatch.setenv("XLA_FLAGS", f"--xla_dump_to={dumps[1]}")

@@ -1,4 +1,4 @@
-"""Hardening, class 3: images of every mode Pillow reads load to [-1, 1] by their
+"""Images of every mode Pillow reads load to [-1, 1] by their
 real bit depth (one loader, `images.load_image`, used by the training data),
 and a decompression bomb in a training folder is skipped like any bad file."""
 
@@ -28,8 +28,9 @@ def png(path, arr: np.ndarray, color_type: int, depth: int = 16, size=None):
 
     w, h = size or (w, h)
     header = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -52,23 +53,36 @@ def _save(img: Image.Image, path):
 CASES = {
     "1": (lambda d: _save(Image.fromarray(G8 > 100), d / "a.png"), unit([[[0], [0], [1], [1]]], 1)),
     "L": (lambda d: _save(Image.fromarray(G8), d / "a.png"), unit(G8[..., None], 255)),
-    "LA": (lambda d: _save(Image.fromarray(np.stack([G8, np.zeros_like(G8)], -1), "LA"), d / "a.png"),
-           unit(G8[..., None], 255)),  # alpha dropped, as torchvision's and diffusers' loaders do
+    "LA": (
+        lambda d: _save(Image.fromarray(np.stack([G8, np.zeros_like(G8)], -1), "LA"), d / "a.png"),
+        unit(G8[..., None], 255),
+    ),  # alpha dropped, as torchvision's and diffusers' loaders do
     "P": (lambda d: _save(Image.fromarray(RGB8).quantize(4), d / "a.png"), unit(RGB8, 255)),
     "RGB": (lambda d: _save(Image.fromarray(RGB8), d / "a.png"), unit(RGB8, 255)),
-    "RGBA": (lambda d: _save(Image.fromarray(np.concatenate([RGB8, np.zeros_like(RGB8[..., :1])], -1)),
-                             d / "a.png"), unit(RGB8, 255)),
-    "CMYK": (lambda d: _save(Image.fromarray(np.array([[[0, 0, 0, 0], [0, 0, 0, 255], [255, 0, 0, 0]]], np.uint8),
-                                             "CMYK"), d / "a.tif"),
-             unit([[[255, 255, 255], [0, 0, 0], [0, 255, 255]]], 255)),
+    "RGBA": (
+        lambda d: _save(Image.fromarray(np.concatenate([RGB8, np.zeros_like(RGB8[..., :1])], -1)), d / "a.png"),
+        unit(RGB8, 255),
+    ),
+    "CMYK": (
+        lambda d: _save(
+            Image.fromarray(np.array([[[0, 0, 0, 0], [0, 0, 0, 255], [255, 0, 0, 0]]], np.uint8), "CMYK"), d / "a.tif"
+        ),
+        unit([[[255, 255, 255], [0, 0, 0], [0, 255, 255]]], 255),
+    ),
     "I;16": (lambda d: _save(Image.fromarray(G16), d / "a.png"), unit(G16[..., None], 65535)),
     "I;16B": (lambda d: _save(Image.fromarray(G16.astype(">u2")), d / "a.tif"), unit(G16[..., None], 65535)),
-    "I": (lambda d: _save(Image.fromarray(np.array([[0, 2**30, 2**31 - 1]], np.int32)), d / "a.tif"),
-          unit([[[0], [2**30], [2**31 - 1]]], 2**31 - 1)),
-    "F": (lambda d: _save(Image.fromarray(np.array([[0.0, 0.25, 1.0]], np.float32)), d / "a.tif"),
-          np.array([[[-1.0], [-0.5], [1.0]]])),
-    "RGB 16-bit PNG": (lambda d: png(d / "a.png", np.stack([G16, G16 // 2, 65535 - G16], -1)[0][None], 2),
-                       unit(np.stack([G16 >> 8, (G16 // 2) >> 8, (65535 - G16) >> 8], -1), 255)),
+    "I": (
+        lambda d: _save(Image.fromarray(np.array([[0, 2**30, 2**31 - 1]], np.int32)), d / "a.tif"),
+        unit([[[0], [2**30], [2**31 - 1]]], 2**31 - 1),
+    ),
+    "F": (
+        lambda d: _save(Image.fromarray(np.array([[0.0, 0.25, 1.0]], np.float32)), d / "a.tif"),
+        np.array([[[-1.0], [-0.5], [1.0]]]),
+    ),
+    "RGB 16-bit PNG": (
+        lambda d: png(d / "a.png", np.stack([G16, G16 // 2, 65535 - G16], -1)[0][None], 2),
+        unit(np.stack([G16 >> 8, (G16 // 2) >> 8, (65535 - G16) >> 8], -1), 255),
+    ),
     "gray 16-bit PNG": (lambda d: png(d / "a.png", G16, 0), unit(G16[..., None], 65535)),
 }
 
@@ -99,12 +113,17 @@ def test_sixteen_bit_gray_is_not_white_in_training(tmp_path):
     assert rgb.shape == (1, 4, 4, 3) and np.array_equal(rgb[..., 0], rgb[..., 2])
 
 
-@pytest.mark.parametrize("make, says", [
-    (lambda d: _save(Image.fromarray(np.array([[0.0, 255.0]], np.float32)), d / "f.tif"),
-     r"mode F image with values in \[0, 255\]; expected \[0, 1\]"),
-    (lambda d: _save(Image.fromarray(np.array([[0.0, np.nan]], np.float32)), d / "f.tif"), "mode F image"),
-    (lambda d: _save(Image.fromarray(np.array([[-5, 7]], np.int32)), d / "i.tif"), r"values in \[-5, 7\]"),
-])
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (
+            lambda d: _save(Image.fromarray(np.array([[0.0, 255.0]], np.float32)), d / "f.tif"),
+            r"mode F image with values in \[0, 255\]; expected \[0, 1\]",
+        ),
+        (lambda d: _save(Image.fromarray(np.array([[0.0, np.nan]], np.float32)), d / "f.tif"), "mode F image"),
+        (lambda d: _save(Image.fromarray(np.array([[-5, 7]], np.int32)), d / "i.tif"), r"values in \[-5, 7\]"),
+    ],
+)
 def test_values_a_mode_cannot_hold_are_refused_not_clipped(tmp_path, make, says):
     path = make(tmp_path)
     with pytest.raises(ValueError, match=says):

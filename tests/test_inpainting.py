@@ -149,7 +149,7 @@ def test_chain_matches_diffusers_repaint_scheduler(monkeypatch):
     from diffusers.schedulers import scheduling_repaint
 
     from ddpm_jax.convert.diffusers_format import diffusers_to_flax
-    from ddpm_jax.sampling import _REPAINT, _per_sample_normal, initial_noise
+    from ddpm_jax.sampling import REPAINT, initial_noise, per_sample_normal
 
     old = jax.config.jax_default_matmul_precision
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -162,15 +162,25 @@ def test_chain_matches_diffusers_repaint_scheduler(monkeypatch):
         picture = rng.uniform(-1, 1, (n, *shape)).astype(np.float32)
         mask = (rng.uniform(size=(n, 8, 8, 1)) < 0.5).astype(np.float32)
         key, ids = jax.random.key(7), jnp.arange(n)
-        ours = Diffusion(DiffusionConfig(num_diffusion_timesteps=T, model_var_type="fixedsmall"), RGB_UNET, params,
-                         chunk_size=7)
-        x_ours = np.asarray(ours.inpaint(picture, mask, key=key, steps=T, jump_length=jump_length,
-                                         jump_n_sample=jump_n_sample, clip=False))
+        ours = Diffusion(
+            diffusion_config=DiffusionConfig(num_diffusion_timesteps=T, model_var_type="fixedsmall"),
+            unet_config=RGB_UNET,
+            params=params,
+            chunk_size=7,
+        )
+        x_ours = np.asarray(
+            ours.inpaint(
+                picture, mask, key=key, steps=T, jump_length=jump_length, jump_n_sample=jump_n_sample, clip=False
+            )
+        )
 
         to_torch = lambda a: torch.from_numpy(np.asarray(a).transpose(0, 3, 1, 2).copy())  # noqa: E731
-        stream, current = jax.random.fold_in(key, _REPAINT), {}
-        monkeypatch.setattr(scheduling_repaint, "randn_tensor",
-                            lambda *a, **k: to_torch(_per_sample_normal(stream, ids, current["k"], shape)))
+        current = {}
+        monkeypatch.setattr(
+            scheduling_repaint,
+            "randn_tensor",
+            lambda *a, **k: to_torch(per_sample_normal(key, REPAINT, ids, current["k"], shape)),
+        )
         sched = RePaintScheduler(num_train_timesteps=T, eta=1.0, clip_sample=False)
         sched.set_timesteps(T, jump_length=jump_length, jump_n_sample=jump_n_sample)
         x, original, keep = to_torch(initial_noise(key, ids, shape)), to_torch(picture), to_torch(mask)
@@ -205,8 +215,25 @@ def test_inpaint_cli_writes_completions_and_a_grid(saved, tmp_path, capsys):
     mask_pixels[:, :5] = 255  # white keeps the left 5 columns
     mask = _png(tmp_path / "mask.png", mask_pixels)
     out = tmp_path / "out"
-    args = ["inpaint", "--model", str(saved), "--image", picture, "--mask", mask, "--out", str(out), "--n", "2",
-            "--steps", "10", "--jump-length", "3", "--jump-n-sample", "2"]
+    args = [
+        "inpaint",
+        "--model",
+        str(saved),
+        "--image",
+        picture,
+        "--mask",
+        mask,
+        "--out",
+        str(out),
+        "--n",
+        "2",
+        "--steps",
+        "10",
+        "--jump-length",
+        "3",
+        "--jump-n-sample",
+        "2",
+    ]
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["000.png", "001.png", "grid.png"]
     got = np.stack([np.asarray(Image.open(out / f"00{i}.png")) for i in range(2)])

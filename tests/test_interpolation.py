@@ -89,8 +89,26 @@ def test_interpolate_cli_writes_a_strip(saved, tmp_path, capsys):
         paths.append(tmp_path / name)
         Image.fromarray(rng.integers(0, 256, (8, 8), np.uint8)).save(paths[-1])
     out = tmp_path / "strip.png"
-    assert main(["interpolate", "--model", str(saved), "--a", str(paths[0]), "--b", str(paths[1]), "--t", "10",
-                 "--k", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                "--model",
+                str(saved),
+                "--a",
+                str(paths[0]),
+                "--b",
+                str(paths[1]),
+                "--t",
+                "10",
+                "--k",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     strip = np.asarray(Image.open(out))
     assert strip.shape == (2 + 8 + 2, 2 + 5 * 10)  # A, 3 mixes, B in one row
     np.testing.assert_array_equal(strip[2:10, 2:10], np.asarray(Image.open(paths[0])))
@@ -100,6 +118,22 @@ def test_interpolate_cli_writes_a_strip(saved, tmp_path, capsys):
     assert np.asarray(Image.open(tmp_path / "new.png")).shape == (12, 32)  # 3 mixes, no pictures at the ends
     assert main(["interpolate", "--model", str(saved), "--a", str(paths[0]), "--out", str(out)]) == 2
     assert "give both --a and --b" in capsys.readouterr().err
-    assert main(["interpolate", "--model", str(saved), "--a", str(paths[0]), "--b", str(paths[1]), "--t", "41",
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "interpolate",
+                "--model",
+                str(saved),
+                "--a",
+                str(paths[0]),
+                "--b",
+                str(paths[1]),
+                "--t",
+                "41",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "t=41 is out of range" in capsys.readouterr().err

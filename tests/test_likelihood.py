@@ -12,9 +12,16 @@ import pytest
 
 from ddpm_jax import DiffusionConfig
 from ddpm_jax.coefficients import coefficients_float64, make_coefficients
-from ddpm_jax.likelihood import (Bound, approx_standard_normal_cdf, discretized_gaussian_log_likelihood,
-                                 normal_kl, prior_bpd, rate_distortion, vb_term_bpd)
-from ddpm_jax.sampling import bound_noise
+from ddpm_jax.likelihood import (
+    Bound,
+    approx_standard_normal_cdf,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    prior_bpd,
+    rate_distortion,
+    vb_term_bpd,
+)
+from ddpm_jax.sampling import BOUND, per_sample_normal
 
 LN2 = np.log(2.0)
 VAR_TYPES = ("fixedlarge", "fixedsmall")
@@ -22,6 +29,7 @@ VAR_TYPES = ("fixedlarge", "fixedsmall")
 
 # --- float64 references, written from diffusion_tf's normal_kl, approx_standard_normal_cdf,
 # discretized_gaussian_log_likelihood, _vb_terms_bpd and _prior_bpd.
+
 
 def kl64(m1, lv1, m2, lv2):
     return 0.5 * (-1.0 + lv2 - lv1 + np.exp(lv1 - lv2) + (m1 - m2) ** 2 * np.exp(-lv2))
@@ -34,9 +42,11 @@ def cdf64(z):
 def loglik64(x, means, log_scales):
     inv = np.exp(-log_scales)
     plus, minus = cdf64(inv * (x - means + 1 / 255)), cdf64(inv * (x - means - 1 / 255))
-    return np.where(x < -0.999, np.log(np.maximum(plus, 1e-12)),
-                    np.where(x > 0.999, np.log(np.maximum(1 - minus, 1e-12)),
-                             np.log(np.maximum(plus - minus, 1e-12))))
+    return np.where(
+        x < -0.999,
+        np.log(np.maximum(plus, 1e-12)),
+        np.where(x > 0.999, np.log(np.maximum(1 - minus, 1e-12)), np.log(np.maximum(plus - minus, 1e-12))),
+    )
 
 
 def tables64(T, var_type):
@@ -79,6 +89,7 @@ def f32(a):
 
 # --- the pieces
 
+
 def test_normal_kl_matches_float64():
     rng = np.random.default_rng(0)
     m1, m2 = rng.normal(size=(2, 1000))
@@ -106,11 +117,12 @@ def test_discretized_log_likelihood_matches_float64(log_scale):
     x = grid_x0(rng, 8)
     means = f32(x + np.exp(log_scale) * rng.uniform(-6, 6, x.shape))
     ls = np.full(x.shape, log_scale, np.float32)
-    ours = np.asarray(discretized_gaussian_log_likelihood(jnp.asarray(f32(x)), jnp.asarray(means),
-                                                          jnp.asarray(ls)), np.float64)
+    ours = np.asarray(
+        discretized_gaussian_log_likelihood(jnp.asarray(f32(x)), jnp.asarray(means), jnp.asarray(ls)), np.float64
+    )
     want = loglik64(f32(x).astype(np.float64), means.astype(np.float64), ls.astype(np.float64))
     np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-5)
-    ends = (np.abs(x) == 1.0)
+    ends = np.abs(x) == 1.0
     assert ends.any() and np.all(ours <= 0)
 
 
@@ -139,8 +151,7 @@ def test_vb_term_matches_float64(var_type, clip, t):
     coeffs = make_coefficients(DiffusionConfig(num_diffusion_timesteps=T, model_var_type=var_type))
     tt = jnp.full((len(x0),), t, jnp.int32)
     term, mse = vb_term_bpd(jnp.asarray(eps), jnp.asarray(x0), jnp.asarray(x_t), tt, coeffs, clip=clip)
-    want_term, want_mse = term64(eps.astype(np.float64), x0.astype(np.float64), x_t.astype(np.float64), t,
-                                 tables, clip)
+    want_term, want_mse = term64(eps.astype(np.float64), x0.astype(np.float64), x_t.astype(np.float64), t, tables, clip)
     np.testing.assert_allclose(np.asarray(term), want_term, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(mse), want_mse, rtol=1e-5, atol=1e-7)
 
@@ -173,6 +184,7 @@ def test_rate_distortion_is_the_cumulative_rate_and_the_rmse():
 # --- the whole bound of a tiny random UNet (T = 40, chunks of 8: `tiny_model`); every test
 # here uses batches of 4 or 1, so the bound compiles twice in all.
 
+
 def four_images(seed):
     images = np.random.default_rng(seed).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
     images[0, :2] = 0
@@ -194,7 +206,7 @@ def test_whole_bound_matches_a_float64_loop(tiny_model):
     ids = jnp.arange(4, dtype=jnp.int32)
     terms, mse = np.zeros((4, T)), np.zeros((4, T))
     for t in range(T):
-        noise = np.asarray(bound_noise(jax.random.key(7), ids, t, x0.shape[1:]), np.float64)
+        noise = np.asarray(per_sample_normal(jax.random.key(7), BOUND, ids, t, x0.shape[1:]), np.float64)
         abar = tables[0]["alphas_cumprod"][t]
         x_t = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * noise
         eps = np.asarray(eps_fn(f32(x_t), jnp.full((4,), t, jnp.int32)), np.float64)
@@ -250,16 +262,19 @@ def test_four_devices_give_the_same_bound(tiny_model, saved, tmp_path):
             np.testing.assert_allclose(four[name], getattr(one, name), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("x0, error, match", [
-    (np.zeros((2, 8, 8, 3), np.uint8), ValueError, r"shape \(2, 8, 8, 3\).*\(n, 8, 8, 1\)"),
-    (np.zeros((8, 8, 1), np.uint8), ValueError, r"x0\[None\]"),
-    (np.zeros((0, 8, 8, 1), np.uint8), ValueError, "n >= 1"),
-    (np.full((1, 8, 8, 1), 1.5, np.float32), ValueError, r"values in \[1\.5, 1\.5\].*\[-1, 1\]"),
-    (np.full((1, 8, 8, 1), np.nan, np.float32), ValueError, "NaN or infinite"),
-    (np.full((1, 8, 8, 1), 0.001, np.float32), ValueError, "not on the 8-bit grid"),
-    (np.zeros((1, 8, 8, 1), np.int32), TypeError, "dtype int32; expected uint8"),
-    ([[0]], TypeError, "must be an array"),
-])
+@pytest.mark.parametrize(
+    "x0, error, match",
+    [
+        (np.zeros((2, 8, 8, 3), np.uint8), ValueError, r"shape \(2, 8, 8, 3\).*\(n, 8, 8, 1\)"),
+        (np.zeros((8, 8, 1), np.uint8), ValueError, r"x0\[None\]"),
+        (np.zeros((0, 8, 8, 1), np.uint8), ValueError, "n >= 1"),
+        (np.full((1, 8, 8, 1), 1.5, np.float32), ValueError, r"values in \[1\.5, 1\.5\].*\[-1, 1\]"),
+        (np.full((1, 8, 8, 1), np.nan, np.float32), ValueError, "NaN or infinite"),
+        (np.full((1, 8, 8, 1), 0.001, np.float32), ValueError, "not on the 8-bit grid"),
+        (np.zeros((1, 8, 8, 1), np.int32), TypeError, "dtype int32; expected uint8"),
+        ([[0]], TypeError, "must be an array"),
+    ],
+)
 def test_bad_images_are_refused(tiny_model, x0, error, match):
     with pytest.raises(error, match=match):
         tiny_model.bpd(x0)

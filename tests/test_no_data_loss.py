@@ -1,4 +1,4 @@
-"""Hardening, class 1: nothing is lost. Several images never share a file name;
+"""Nothing is lost. Several images never share a file name;
 a sample folder holds one run, recorded in its manifest, and a run with other
 settings is refused; torn files are redone, never taken as done; temporary
 files of killed writes and downloads are removed by the next run that owns them."""
@@ -49,7 +49,7 @@ def _model_file(folder: Path, seed: int) -> Path:
     from .helpers import TINY_DIFFUSION
 
     path = folder / f"tiny-{seed}.safetensors"
-    save_weights(path, random_params(TINY_UNET, seed=seed), TINY_DIFFUSION, TINY_UNET)
+    save_weights(path, random_params(TINY_UNET, seed=seed), diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET)
     return path
 
 
@@ -76,8 +76,16 @@ def test_a_folder_holds_one_run_and_refuses_another(saved, other_model, tmp_path
     manifest = json.loads((out / "manifest.json").read_text())
     keys = ("model", "seed", "sampler", "steps", "eta", "precision", "n", "file_format", "batch")
     assert {k: manifest[k] for k in keys} == {
-        "model": str(saved), "seed": 1, "sampler": "ddpm", "steps": 4, "eta": None, "precision": "float32", "n": 3,
-        "file_format": "png", "batch": None}
+        "model": str(saved),
+        "seed": 1,
+        "sampler": "ddpm",
+        "steps": 4,
+        "eta": None,
+        "precision": "float32",
+        "n": 3,
+        "file_format": "png",
+        "batch": None,
+    }
     before = snapshot(out)
     capsys.readouterr()
     for flags, says in [
@@ -99,7 +107,8 @@ def test_a_folder_holds_one_run_and_refuses_another(saved, other_model, tmp_path
     assert sample(saved, out, "--seed", "1", "--batch", "1") == 0  # PNGs do not depend on the batch
     assert "sampled 0, kept 3 already there" in capsys.readouterr().out
     assert {k: v for k, v in snapshot(out).items() if k != "grid.png"} == {
-        k: v for k, v in before.items() if k != "grid.png"}
+        k: v for k, v in before.items() if k != "grid.png"
+    }
 
 
 def test_npz_shards_of_another_batch_size_are_refused(saved, tmp_path, capsys):

@@ -27,11 +27,10 @@ pytest.importorskip("diffusers")
 
 from ddpm_jax import Diffusion, DiffusionConfig  # noqa: E402
 from ddpm_jax import unet as unet_module  # noqa: E402
-from ddpm_jax.coefficients import make_coefficients  # noqa: E402
 from ddpm_jax.config import UNET_PRESETS  # noqa: E402
 from ddpm_jax.convert.diffusers_format import diffusers_to_flax  # noqa: E402
 from ddpm_jax.convert.port import port_to_flax  # noqa: E402
-from ddpm_jax.sampling import _DENOISE, _per_sample_normal, initial_noise  # noqa: E402
+from ddpm_jax.sampling import DENOISE, initial_noise, per_sample_normal  # noqa: E402
 from ddpm_jax.weights import flatten_params  # noqa: E402
 
 from .helpers import CONVERT_UNET, RGB_UNET, diffusers_to_port, numpy_state_dict, random_diffusers_unet  # noqa: E402
@@ -110,8 +109,9 @@ def test_tiny_matches_diffusers(tiny_case):
 def test_wrong_groupnorm_epsilon_shows_only_at_small_scale(tiny_case, monkeypatch):
     """The 0.01-scale inputs are what catches eps = 1e-5 instead of the release's 1e-6."""
     _, params, x, t, ref64 = tiny_case
-    monkeypatch.setattr(unet_module, "_norm", lambda name: nn.GroupNorm(
-        num_groups=32, epsilon=1e-5, use_fast_variance=False, name=name))
+    monkeypatch.setattr(
+        unet_module, "_norm", lambda name: nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False, name=name)
+    )
     err = max_err(our_eps(CONVERT_UNET, params, x, t), ref64)
     n = len(TIMESTEPS)
     assert err[:n].max() <= TOL < err[n:].min()
@@ -136,8 +136,8 @@ def test_lsun_preset_matches_diffusers():
     apply = jax.jit(unet_module.UNet(config).apply)
     err = []
     for i in range(len(t)):  # batch 1
-        ours = np.asarray(apply({"params": params}, jnp.asarray(x[i:i + 1]), jnp.asarray(t[i:i + 1], jnp.int32)))
-        err.append(max_err(ours, torch_eps(model, x[i:i + 1], t[i:i + 1], torch.float32))[0])
+        ours = np.asarray(apply({"params": params}, jnp.asarray(x[i : i + 1]), jnp.asarray(t[i : i + 1], jnp.int32)))
+        err.append(max_err(ours, torch_eps(model, x[i : i + 1], t[i : i + 1], torch.float32))[0])
     report("lsun vs float32 (batch 1)", np.array(err))
     assert max(err) <= TOL
 
@@ -158,20 +158,22 @@ def test_reverse_chain_matches_ddpm_scheduler(monkeypatch):
     shape = (RGB_UNET.resolution, RGB_UNET.resolution, RGB_UNET.in_channels)
     key, ids = jax.random.key(7), jnp.arange(n)
     to_torch = lambda a: torch.from_numpy(np.asarray(a).transpose(0, 3, 1, 2).copy())  # noqa: E731
-    noise = {t: to_torch(_per_sample_normal(jax.random.fold_in(key, _DENOISE), ids, t, shape)) for t in range(T)}
+    noise = {t: to_torch(per_sample_normal(key, DENOISE, ids, t, shape)) for t in range(T)}
     current = {}
     monkeypatch.setattr(scheduling_ddpm, "randn_tensor", lambda *a, **k: noise[current["t"]])
-    sampler = None
     for variance, ours_name in (("fixed_large", "fixedlarge"), ("fixed_small", "fixedsmall")):
         dcfg = DiffusionConfig(num_diffusion_timesteps=T, model_var_type=ours_name)
-        if sampler is None:
-            sampler = Diffusion(dcfg, RGB_UNET, params, chunk_size=T // 2)
-        else:  # the tables are an argument of the compiled chunk: swap them, compile once
-            sampler.coeffs = make_coefficients(dcfg)
+        sampler = Diffusion(diffusion_config=dcfg, unet_config=RGB_UNET, params=params, chunk_size=T // 2)
         ours = {s.step: np.asarray(s.x) for s in sampler.denoise_steps(n, key=key)}  # steps 5 and 0
 
-        sched = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                              variance_type=variance, clip_sample=True)
+        sched = DDPMScheduler(
+            num_train_timesteps=T,
+            beta_schedule="linear",
+            beta_start=1e-4,
+            beta_end=0.02,
+            variance_type=variance,
+            clip_sample=True,
+        )
         sched.set_timesteps(T)
         x = to_torch(initial_noise(key, ids, shape))
         theirs = {}
@@ -181,7 +183,11 @@ def test_reverse_chain_matches_ddpm_scheduler(monkeypatch):
                 x = sched.step(model(x, t).sample, t, x).prev_sample
                 theirs[int(t)] = x.numpy().transpose(0, 2, 3, 1)  # x with t forward steps
         for step in (T // 2, 0):
-            log.info("%s chain, x after step %d: max |ours - diffusers| %.2e",
-                     variance, step, np.abs(ours[step] - theirs[step]).max())
+            log.info(
+                "%s chain, x after step %d: max |ours - diffusers| %.2e",
+                variance,
+                step,
+                np.abs(ours[step] - theirs[step]).max(),
+            )
             assert np.abs(ours[step] - theirs[step]).max() <= TOL, (variance, step)
             assert (np.abs(theirs[step]) < 0.999).mean() > 0.5  # mostly unclipped values

@@ -14,8 +14,8 @@ from ddpm_jax import Diffusion
 from ddpm_jax.cli import main
 from ddpm_jax.config import DIFFUSION_PRESETS, UNET_PRESETS, DiffusionConfig
 from ddpm_jax.convert.port import flax_to_port
-from ddpm_jax.download import DownloadError
 from ddpm_jax.convert.registry import HUB_MODELS, REGISTRY, PortCheckpoint, available_models
+from ddpm_jax.download import DownloadError
 from ddpm_jax.weights import flatten_params, load_weights, save_weights
 
 from .helpers import CONVERT_UNET, CheckpointServer, random_params, save_diffusers_folder
@@ -42,8 +42,13 @@ def tiny_entry(tmp_path, monkeypatch):
     params = random_params(CONVERT_UNET, seed=11)
     body = torch_bytes(flax_to_port(params, CONVERT_UNET))
     server = CheckpointServer({"/tiny.ckpt": body})
-    entry = PortCheckpoint(server.url("/tiny.ckpt"), "tiny_test_model/model-1.ckpt",
-                           hashlib.md5(body).hexdigest(), TINY_DIFFUSION, CONVERT_UNET)
+    entry = PortCheckpoint(
+        server.url("/tiny.ckpt"),
+        "tiny_test_model/model-1.ckpt",
+        hashlib.md5(body).hexdigest(),
+        TINY_DIFFUSION,
+        CONVERT_UNET,
+    )
     monkeypatch.setitem(REGISTRY, "tiny_test", entry)
     monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path / "cache"))
     for var in ("HF_HUB_OFFLINE", "DDPM_JAX_OFFLINE"):
@@ -96,8 +101,10 @@ def test_the_eight_released_checkpoints():
     assert (c.filename, c.md5) == ("diffusion_cifar10_model/model-790000.ckpt", "82ed3067fd1002f5cf4c339fb80c4669")
     e = REGISTRY["ema_lsun_church"]
     assert e.url == "https://heibox.uni-heidelberg.de/f/44ccb50ef3c6436db52e/?dl=1"
-    assert (e.filename, e.md5) == ("ema_diffusion_lsun_church_model/model-4432000.ckpt",
-                                   "fdc68a23938c2397caba4a260bc2445f")
+    assert (e.filename, e.md5) == (
+        "ema_diffusion_lsun_church_model/model-4432000.ckpt",
+        "fdc68a23938c2397caba4a260bc2445f",
+    )
     for name in ("cifar10", "ema_cifar10"):
         assert REGISTRY[name].diffusion_config.model_var_type == "fixedlarge"
         assert REGISTRY[name].unet_config == UNET_PRESETS["cifar10"]
@@ -132,7 +139,7 @@ def test_cli_to_torch_and_back_is_exact(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(UNET_PRESETS, "tiny", CONVERT_UNET)  # a preset, so the shapes pick it
     monkeypatch.setitem(DIFFUSION_PRESETS, "tiny", TINY_DIFFUSION)
     params = random_params(CONVERT_UNET, seed=12)
-    save_weights(tmp_path / "ours.safetensors", params, TINY_DIFFUSION, CONVERT_UNET)
+    save_weights(tmp_path / "ours.safetensors", params, diffusion_config=TINY_DIFFUSION, unet_config=CONVERT_UNET)
     assert main(["convert", "--to-torch", str(tmp_path / "ours.safetensors"), str(tmp_path / "port.ckpt")]) == 0
     state = torch.load(tmp_path / "port.ckpt", weights_only=True)
     assert state["mid.attn_1.q.weight"].shape == (64, 64, 1, 1) and len(state) == len(flatten_params(params))
@@ -151,8 +158,9 @@ def test_cli_to_torch_and_back_is_exact(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_converts_a_diffusers_folder(tmp_path):
-    from .helpers import numpy_state_dict, random_diffusers_unet
     from ddpm_jax.convert.diffusers_format import diffusers_to_flax
+
+    from .helpers import numpy_state_dict, random_diffusers_unet
 
     model = random_diffusers_unet(CONVERT_UNET, seed=13)
     folder = save_diffusers_folder(model, tmp_path / "model", variance="fixed_large", num_train_timesteps=30)

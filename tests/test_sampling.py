@@ -1,4 +1,4 @@
-"""The chunked scan sampler: resume == one run, batch invariance, one compile."""
+"""The chunked scans as `Diffusion` drives them: diffusing, bad input, respacing, precision."""
 
 import jax
 import numpy as np
@@ -9,61 +9,15 @@ from ddpm_jax import Diffusion
 from .helpers import TINY_DIFFUSION, TINY_UNET
 
 
-def test_resumed_denoise_equals_one_run(tiny_model):
-    m, T = tiny_model, tiny_model.num_timesteps
-    whole = m.denoise(3, key=7)
-    a = m.denoise(3, n_steps=13, key=7)
-    b = m.denoise(3, n_steps=5, x=a, curr_step=T - 13, key=7)
-    c = m.denoise(3, x=b, curr_step=T - 18, key=7)
-    np.testing.assert_array_equal(c, whole)
-
-
-def test_chunk_size_does_not_change_samples(tiny_model, tiny_params):
-    other = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, chunk_size=5)
-    np.testing.assert_allclose(other.denoise(2, key=4), tiny_model.denoise(2, key=4), atol=1e-5)
-
-
-def test_sample_i_is_the_same_in_any_batch(tiny_model):
-    big = np.asarray(tiny_model.denoise(6, key=11))
-    one = np.asarray(tiny_model.denoise(1, key=11))
-    np.testing.assert_allclose(one[0], big[0], atol=1e-5)
-    # first_index numbers the samples: sample 4 alone equals sample 4 of the batch.
-    fourth = np.asarray(tiny_model.denoise(1, key=11, first_index=4))
-    np.testing.assert_allclose(fourth[0], big[4], atol=1e-5)
-    assert not np.allclose(big[0], big[1])
-
-
-def test_different_seeds_differ_same_seed_repeats(tiny_model):
-    a, b = tiny_model.denoise(2, n_steps=3, key=1), tiny_model.denoise(2, n_steps=3, key=1)
-    np.testing.assert_array_equal(a, b)
-    c = tiny_model.denoise(2, n_steps=3, key=jax.random.key(2))
-    assert not np.allclose(a, c)
-
-
-def test_no_recompilation_when_steps_start_or_seed_change(tiny_params):
-    traces = {"denoise": 0, "diffuse": 0}
-    m = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, chunk_size=4)
-    inner_d, inner_f = m._denoise_chunk, m._diffuse_chunk
-
-    # Count traces: a jitted function is traced exactly when it compiles.
-    def counting(fn, name):
-        def wrapped(*a, **k):
-            traces[name] += 1
-            return fn(*a, **k)
-        return wrapped
-
-    m._denoise_chunk = jax.jit(counting(inner_d.__wrapped__, "denoise"), static_argnames="clip")
-    m._diffuse_chunk = jax.jit(counting(inner_f.__wrapped__, "diffuse"))
-    T = m.num_timesteps
-    x = m.denoise(2, n_steps=3, key=0)
-    m.denoise(2, n_steps=9, x=x, curr_step=T - 3, key=5)
-    m.denoise(2, n_steps=1, key=jax.random.key(9))
-    m.denoise(2, x=x, curr_step=17, key=3)
-    m.diffuse(2, n_steps=2, x=x, curr_step=0, key=1)
-    m.diffuse(2, n_steps=7, x=x, curr_step=30, key=2)
-    assert traces == {"denoise": 1, "diffuse": 1}
-    m.denoise(3, n_steps=2, key=0)  # a new batch shape is the one thing that compiles
-    assert traces["denoise"] == 2
+def test_diffusing_never_recompiles_across_steps_starts_seeds_or_chains(tiny_model):
+    """(Denoising is in the sampler contract, tests/sampler_contract.py.)"""
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    tiny_model.diffuse(2, n_steps=2, x=x, curr_step=0, key=1)
+    compiled = tiny_model._diffuse_chunk._cache_size()
+    tiny_model.diffuse(2, n_steps=7, x=x, curr_step=30, key=2)
+    tiny_model.diffuse(2, n_steps=3, x=x, key=jax.random.key(3), steps=5, sampler="dpmpp_2m")
+    tiny_model.respaced(9, "ddim").diffuse(2, x=x, key=4)
+    assert tiny_model._diffuse_chunk._cache_size() == compiled
 
 
 def test_diffuse_resumes_and_reaches_noise(tiny_model):
@@ -91,18 +45,21 @@ def test_full_chain_is_finite_and_in_range(tiny_model):
     assert np.all(np.isfinite(x)) and np.abs(x).max() < 1.5
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(n_steps=0), "n_steps=0 is out of range"),
-    (dict(n_steps=41), "n_steps=41 is out of range"),
-    (dict(curr_step=0, x=np.zeros((2, 8, 8, 1), np.float32)), "curr_step=0 is out of range"),
-    (dict(curr_step=41), "curr_step=41 is out of range"),
-    (dict(n_steps=5, curr_step=3, x=np.zeros((2, 8, 8, 1), np.float32)), "n_steps=5 is out of range"),
-    (dict(curr_step=10), "x is required"),
-    (dict(x=np.zeros((2, 8, 8, 3), np.float32)), r"shape \(2, 8, 8, 3\).*\(2, 8, 8, 1\)"),
-    (dict(x=np.zeros((3, 8, 8, 1), np.float32)), "shape"),
-    (dict(x=np.zeros((2, 8, 8, 1), np.float64)), "dtype float64.*float32"),
-    (dict(n_steps=2.5), "n_steps must be an int"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(n_steps=0), "n_steps=0 is out of range"),
+        (dict(n_steps=41), "n_steps=41 is out of range"),
+        (dict(curr_step=0, x=np.zeros((2, 8, 8, 1), np.float32)), "curr_step=0 is out of range"),
+        (dict(curr_step=41), "curr_step=41 is out of range"),
+        (dict(n_steps=5, curr_step=3, x=np.zeros((2, 8, 8, 1), np.float32)), "n_steps=5 is out of range"),
+        (dict(curr_step=10), "x is required"),
+        (dict(x=np.zeros((2, 8, 8, 3), np.float32)), r"shape \(2, 8, 8, 3\).*\(2, 8, 8, 1\)"),
+        (dict(x=np.zeros((3, 8, 8, 1), np.float32)), "shape"),
+        (dict(x=np.zeros((2, 8, 8, 1), np.float64)), "dtype float64.*float32"),
+        (dict(n_steps=2.5), "n_steps must be an int"),
+    ],
+)
 def test_denoise_bad_input_raises_and_changes_nothing(tiny_model, kw, match):
     before = tiny_model.denoise(2, n_steps=2, key=0)
     params = jax.tree.map(np.array, tiny_model.params)
@@ -116,12 +73,15 @@ def test_denoise_bad_input_raises_and_changes_nothing(tiny_model, kw, match):
     np.testing.assert_array_equal(tiny_model.denoise(2, n_steps=2, key=0), before)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(), "diffuse needs x"),
-    (dict(curr_step=40), "curr_step=40 is out of range"),
-    (dict(curr_step=35, n_steps=6), "n_steps=6 is out of range"),
-    (dict(curr_step=-1), "curr_step=-1"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(), "diffuse needs x"),
+        (dict(curr_step=40), "curr_step=40 is out of range"),
+        (dict(curr_step=35, n_steps=6), "n_steps=6 is out of range"),
+        (dict(curr_step=-1), "curr_step=-1"),
+    ],
+)
 def test_diffuse_bad_input(tiny_model, kw, match):
     if "curr_step" in kw:
         kw["x"] = np.zeros((2, 8, 8, 1), np.float32)
@@ -141,8 +101,9 @@ def test_respaced_chains(tiny_model):
     b = ddim.denoise(2, key=2)
     # eta = 0 is deterministic given x_T: only x_T differs between seeds.
     start = np.asarray(jax.random.normal(jax.random.key(0), (2, 8, 8, 1)), np.float32)
-    np.testing.assert_array_equal(ddim.denoise(2, x=start, curr_step=7, key=1),
-                                  ddim.denoise(2, x=start, curr_step=7, key=2))
+    np.testing.assert_array_equal(
+        ddim.denoise(2, x=start, curr_step=7, key=1), ddim.denoise(2, x=start, curr_step=7, key=2)
+    )
     assert not np.allclose(a, b)
     strided = tiny_model.respaced(7, sampler="ddpm")
     c = strided.denoise(2, x=start, curr_step=7, key=1)
@@ -157,10 +118,12 @@ def test_respaced_chains(tiny_model):
 
 
 def test_bfloat16_unet_stays_close_to_float32(tiny_model, tiny_params):
-    bf16 = Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, chunk_size=8, precision="bfloat16")
+    bf16 = Diffusion(
+        diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, chunk_size=8, precision="bfloat16"
+    )
     assert jax.tree.leaves(bf16.run_params)[0].dtype == jax.numpy.bfloat16
     a, b = np.asarray(bf16.denoise(2, key=3)), np.asarray(tiny_model.denoise(2, key=3))
     assert a.dtype == np.float32 and np.all(np.isfinite(a))
     assert 0 < np.abs(a - b).max() < 0.25
     with pytest.raises(ValueError, match="unknown precision 'float16'"):
-        Diffusion(TINY_DIFFUSION, TINY_UNET, tiny_params, precision="float16")
+        Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, precision="float16")

@@ -26,8 +26,13 @@ def _env(xla_flags=""):
 
 
 def _cli(args, xla_flags=""):
-    return subprocess.Popen([sys.executable, "-m", "ddpm_jax.cli", "sample", *args], env=_env(xla_flags),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ddpm_jax.cli", "sample", *args],
+        env=_env(xla_flags),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait(proc, timeout=240):
@@ -58,8 +63,7 @@ def test_mesh_of_four_devices_gives_the_same_samples(saved, tmp_path):
             raise AssertionError("a batch of 6 over 4 devices must be refused")
         np.save({str(tmp_path / "four.npy")!r}, np.asarray(x))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True,
-                          timeout=240)
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = np.asarray(Diffusion.from_pretrained(saved, chunk_size=8).denoise(8, key=3))
     np.testing.assert_allclose(np.load(tmp_path / "four.npy"), one, atol=1e-5)
@@ -77,8 +81,21 @@ def test_cli_over_devices_and_processes_writes_the_same_images(saved, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [
-        _cli([*common, "--batch", "2", "--out", str(tmp_path / "two"), "--coordinator", f"127.0.0.1:{port}",
-              "--num-processes", "2", "--process-id", str(i)])
+        _cli(
+            [
+                *common,
+                "--batch",
+                "2",
+                "--out",
+                str(tmp_path / "two"),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ]
+        )
         for i in range(2)
     ]
     outs = [_wait(p) for p in procs]
@@ -110,7 +127,8 @@ def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
             state = init_state(ONE_LEVEL_UNET, MINI_TRAIN)
             if key is not None:  # the same init, other batches and noise; the same compiled step
                 state = dataclasses.replace(state, key=jax.random.key_data(jax.random.key(key)))
-            t = Trainer(data, ONE_LEVEL_UNET, TINY_DIFFUSION, MINI_TRAIN, state=state, mesh=data_mesh(devices))
+            t = Trainer(data, unet_config=ONE_LEVEL_UNET, diffusion_config=TINY_DIFFUSION, train_config=MINI_TRAIN,
+                        state=state, mesh=data_mesh(devices))
             losses = [float(t.train(1)["loss_sum"]) for _ in range(15)]
             return np.array(losses), flat(t.state.params)
 
@@ -131,8 +149,14 @@ def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
             raise AssertionError("a batch of 6 over 4 devices must be refused")
         print("max loss difference", np.abs(l4 - l1).max())
     """)
-    proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True,
-                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_env(FOUR),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max loss difference" in proc.stdout, proc.stdout
     print(proc.stdout)
@@ -159,7 +183,6 @@ def test_inpainting_and_interpolation_on_four_devices_match_one(saved):
             np.testing.assert_allclose(four, one, atol=1e-5)
         print("max difference", max(np.abs(a - b).max() for a, b in zip(*runs)))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True,
-                          timeout=240)
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max difference" in proc.stdout

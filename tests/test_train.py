@@ -11,12 +11,16 @@ import pytest
 from ddpm_jax.coefficients import make_coefficients
 from ddpm_jax.data import load_digits_images
 from ddpm_jax.train import (
-    diffusion_loss, ema_update, init_state, make_optimizer, make_train_step, sample_batch,
+    diffusion_loss,
+    ema_update,
+    init_state,
+    make_optimizer,
+    make_train_step,
+    sample_batch,
 )
 from ddpm_jax.unet import UNet
 
 from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION
-
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def test_previews_reuse_one_compiled_sampler(data, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr("ddpm_jax.pipeline.denoise_chunk", counting)
-    t = Trainer(data, ONE_LEVEL_UNET, TINY_DIFFUSION, MINI_TRAIN)
+    t = Trainer(data, unet_config=ONE_LEVEL_UNET, diffusion_config=TINY_DIFFUSION, train_config=MINI_TRAIN)
     first = np.asarray(t.preview(4))
     t.train(3)
     second = np.asarray(t.preview(4))
@@ -46,7 +46,7 @@ def test_train_steps_match_the_jitted_step_called_by_hand(data):
     from ddpm_jax.coefficients import make_coefficients
     from ddpm_jax.train import init_state, make_train_step
 
-    a = Trainer(data, ONE_LEVEL_UNET, TINY_DIFFUSION, MINI_TRAIN)
+    a = Trainer(data, unet_config=ONE_LEVEL_UNET, diffusion_config=TINY_DIFFUSION, train_config=MINI_TRAIN)
     metrics = a.train(4)
     state, step = init_state(ONE_LEVEL_UNET, MINI_TRAIN), make_train_step(ONE_LEVEL_UNET, MINI_TRAIN)
     losses = []
@@ -76,24 +76,35 @@ def test_resumed_log_has_each_step_once(tmp_path, monkeypatch, data):
     with monkeypatch.context() as m:
         m.setattr(trainer_mod, "make_train_step", dies_after_seven)
         with pytest.raises(KeyboardInterrupt):
-            open_run(tmp_path, data, ONE_LEVEL_UNET, TINY_DIFFUSION, MINI_TRAIN).fit(tmp_path, opts, progress=False)
+            open_run(
+                tmp_path, data, unet_config=ONE_LEVEL_UNET, diffusion_config=TINY_DIFFUSION, train_config=MINI_TRAIN
+            ).fit(tmp_path, opts, progress=False)
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7]  # step 7 was logged, the newest checkpoint is step 6
-    open_run(tmp_path, data, ONE_LEVEL_UNET, TINY_DIFFUSION, MINI_TRAIN, resume=True).fit(
-        tmp_path, opts, progress=False)
+    open_run(
+        tmp_path,
+        data,
+        unet_config=ONE_LEVEL_UNET,
+        diffusion_config=TINY_DIFFUSION,
+        train_config=MINI_TRAIN,
+        resume=True,
+    ).fit(tmp_path, opts, progress=False)
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
-@pytest.mark.parametrize("flags, match", [
-    (["--batch", "0"], r"batch_size=0 is out of range; expected 1 <= batch_size <= "),
-    (["--lr", "nan"], r"learning_rate=nan is out of range"),
-    (["--lr", "0"], r"learning_rate=0.0 is out of range"),
-    (["--ema-decay", "1.5"], r"ema_decay=1.5 is out of range"),
-    (["--warmup", "-1"], r"warmup_steps=-1 is out of range"),
-    (["--log-every", "0"], r"log_every=0 is out of range"),
-    (["--steps", "-3"], r"steps=-3 is out of range"),
-])
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--batch", "0"], r"batch_size=0 is out of range; expected 1 <= batch_size <= "),
+        (["--lr", "nan"], r"learning_rate=nan is out of range"),
+        (["--lr", "0"], r"learning_rate=0.0 is out of range"),
+        (["--ema-decay", "1.5"], r"ema_decay=1.5 is out of range"),
+        (["--warmup", "-1"], r"warmup_steps=-1 is out of range"),
+        (["--log-every", "0"], r"log_every=0 is out of range"),
+        (["--steps", "-3"], r"steps=-3 is out of range"),
+    ],
+)
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, flags, match):
     out = tmp_path / "run"
     code = main(["train", "--data", "digits", "--config", "digits", "--steps", "5", "--out", str(out), *flags])

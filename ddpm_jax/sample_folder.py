@@ -1,4 +1,4 @@
-"""`ddpm-jax sample`: denoise fresh noise into one PNG per sample and a grid.
+"""A folder of samples (`ddpm-jax sample`'s output), written so that a run can resume.
 
 Sample i is written to {out}/{i:05}.png (or batches to .npz files) and
 depends only on (seed, i): not on the batch size, the number of devices or
@@ -7,9 +7,8 @@ digest of its params, seed, sampler, steps, eta, precision, n, file format and, 
 npz, the batch size); a run into a folder that holds another run is refused
 with what differs, and a run into the same one resumes: batches already on
 disk are checked (a torn file does not count) and skipped.
-The batch is sharded over all local devices; with several processes
-(`--coordinator ...` or a cluster environment JAX knows), process p takes
-every p-th batch.
+The batch is sharded over the model's mesh; with several processes
+(`sharding.initialize_distributed`), process p takes every p-th batch.
 """
 
 from __future__ import annotations
@@ -20,45 +19,22 @@ import math
 import re
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from .ops import PRECISIONS
-from .pipeline import SAMPLERS
+from . import atomic
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL = "digits"  # the bundled model
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "ddpm_jax.samples/1"
+FILE_FORMATS = ("png", "npz")
+GRID_SIZE = 64  # samples shown in grid.png at most
 _OURS = re.compile(r"^(\d{5}\.png|samples_\d{7}_\d+\.npz|grid\.png)$")
 
 
-def add_arguments(p):
-    p.add_argument("--model", default=DEFAULT_MODEL, required=DEFAULT_MODEL is None,
-                   help="a bundled or pretrained name, or a .safetensors path")
-    p.add_argument("--n", type=int, default=16, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps, respaced over T (default: all T; dpmpp_2m needs it)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
-                   help="ddpm: Alg. 2 (strided when --steps < T); ddim: Song et al. eq. 12; "
-                        "dpmpp_2m(_sde): DPM-Solver++(2M) (Lu et al. 2022), --steps < T")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM's eta (0: deterministic)")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="float32",
-                   help="how the UNet computes: float32; bfloat16; mixed_bf16 (bfloat16 operands, "
-                        "float32 accumulation; see bench/precision.py for how far it moves the samples)")
-    p.add_argument("--batch", type=int, default=64, help="samples per batch (all devices together)")
-    p.add_argument("--format", choices=("png", "npz"), default="png",
-                   help="png: one file per sample; npz: one uint8 array file per batch")
-    p.add_argument("--out", required=True, help="output folder")
-    g = p.add_argument_group("several processes (jax.distributed)")
-    g.add_argument("--coordinator", help="host:port of process 0, e.g. 127.0.0.1:12345")
-    g.add_argument("--num-processes", type=int)
-    g.add_argument("--process-id", type=int)
-
-
-class _Writer:
+class SampleWriter:
     """Where batch [start, start + count) goes, and whether it is already there, whole."""
 
     def __init__(self, out: Path, fmt: str, image_shape: tuple[int, int, int]):
@@ -85,8 +61,11 @@ class _Writer:
                 images, indices = f["images"], f["indices"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return False
-        return (images.shape == (count, *self.image_shape) and images.dtype == np.uint8
-                and np.array_equal(indices, np.arange(start, start + count)))
+        return (
+            images.shape == (count, *self.image_shape)
+            and images.dtype == np.uint8
+            and np.array_equal(indices, np.arange(start, start + count))
+        )
 
     def done(self, start, count) -> bool:
         """Every file of the batch is there and whole (a torn one is redone)."""
@@ -99,19 +78,22 @@ class _Writer:
             bad = [p for p in paths if p.exists() and not self._png_ok(p)]
             ok = not bad and all(p.exists() for p in paths)
         if bad:
-            log.warning("sampling again: %s %s damaged", ", ".join(p.name for p in bad),
-                        "is" if len(bad) == 1 else "are")
+            log.warning(
+                "sampling again: %s %s damaged", ", ".join(p.name for p in bad), "is" if len(bad) == 1 else "are"
+            )
         return ok
 
     def write(self, start, images):
-        from .atomic import write_with
+        """NHWC uint8 images numbered from `start`, each file written atomically."""
         from .images import save_images
 
         if self.fmt == "png":
             save_images(images, str(self.out / "{:05}.png"), start_idx=start)
             return
-        write_with(self.npz(start, len(images)),
-                   lambda f: np.savez(f, images=images, indices=np.arange(start, start + len(images))))
+        atomic.write_with(
+            self.npz(start, len(images)),
+            lambda f: np.savez(f, images=images, indices=np.arange(start, start + len(images))),
+        )
 
     def first(self, n) -> np.ndarray | None:
         """The first n images, if they are all on disk."""
@@ -127,24 +109,24 @@ class _Writer:
             return f["images"][:n]
 
 
-def manifest(args, model, n: int, batch: int) -> dict:
-    """What a sample folder holds: everything its images depend on."""
+def manifest(model, *, model_name: str, seed: int, n: int, file_format: str, batch: int) -> dict:
+    """What a sample folder holds: everything its images depend on (`model_name` as given to load it)."""
     from .checkpoint import tensor_digest
     from .weights import flatten_params
 
     flat = {k: np.asarray(v) for k, v in flatten_params(model.params).items()}
     return {
         "format": MANIFEST_FORMAT,
-        "model": str(args.model),
+        "model": str(model_name),
         "params_sha256": tensor_digest(flat),
-        "seed": args.seed,
-        "sampler": model.sampler,
+        "seed": seed,
+        "sampler": model.sampler.name,
         "steps": model.num_timesteps,
-        "eta": model.eta if model.sampler == "ddim" else None,
+        "eta": model.eta,
         "precision": model.precision,
         "n": n,
-        "file_format": args.format,
-        "batch": batch if args.format == "npz" else None,  # the npz shard layout
+        "file_format": file_format,
+        "batch": batch if file_format == "npz" else None,  # the npz shard layout
     }
 
 
@@ -156,8 +138,10 @@ def check_folder(out: Path, want: dict) -> bool:
     if not path.exists():
         ours = sorted(p.name for p in out.iterdir() if _OURS.match(p.name)) if out.is_dir() else []
         if ours:
-            raise ValueError(f"--out {out} holds samples ({', '.join(ours[:3])}{' ...' if len(ours) > 3 else ''}) "
-                             f"but no {MANIFEST} saying how they were made; {redo}")
+            raise ValueError(
+                f"--out {out} holds samples ({', '.join(ours[:3])}{' ...' if len(ours) > 3 else ''}) "
+                f"but no {MANIFEST} saying how they were made; {redo}"
+            )
         return False
     try:
         have = json.loads(path.read_text())
@@ -171,50 +155,35 @@ def check_folder(out: Path, want: dict) -> bool:
     return True
 
 
-def _check_flags(args) -> tuple[int, int]:
-    """Every flag's range, before anything is loaded; returns (n, batch)."""
-    from .checks import check_float, check_int
-    from .cli import check_out_dir
-    from .config import LIMITS
-    from .pipeline import SEED_RANGE
+class Filled(NamedTuple):
+    """What `fill_folder` did in this process."""
 
-    n = check_int("--n", args.n, 1, 10**9)
-    batch = check_int("--batch", args.batch, 1, 10**6)
-    if args.steps is not None:
-        check_int("--steps", args.steps, 1, LIMITS["num_diffusion_timesteps"][1])
-    check_float("--eta", args.eta, 0.0, 1.0)
-    check_int("--seed", args.seed, *SEED_RANGE)  # no JAX call before jax.distributed.initialize
-    check_out_dir(args.out)
-    return n, batch
+    folder: Path
+    sampled: int  # samples drawn now
+    kept: int  # samples already on disk, whole, from an earlier run
+    batches: int  # this process's share of the batches, drawn or kept
+    grid: Path | None  # grid.png of the first samples; None on processes other than 0, or when they are not all there
 
 
-def run(args) -> int:
+def fill_folder(model, out, *, n: int, batch: int, seed: int, file_format: str = "png", model_name: str) -> Filled:
+    """Write samples 0..n-1 of `model`'s default chain into the folder `out`, `batch` at a time,
+    and a grid of the first ones; resumes a run the folder already holds (`check_folder`).
+    `model_name` is what the manifest records as the model (a name or path that loads it)."""
     import jax
     from tqdm import tqdm
 
-    from .atomic import remove_temporaries, write_json
-    from .compile_cache import enable_compilation_cache
     from .images import save_grid
-    from .pipeline import Diffusion
-    from .sharding import data_mesh, initialize_distributed
 
-    n, batch = _check_flags(args)
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    enable_compilation_cache()
     rank, world = jax.process_index(), jax.process_count()
-    mesh = data_mesh() if jax.local_device_count() > 1 else None
-    model = Diffusion.from_pretrained(args.model, mesh=mesh, precision=args.precision)
-    if args.steps is not None or args.sampler != "ddpm":
-        model = model.respaced(args.steps, args.sampler, args.eta)
     T, devices = model.num_timesteps, jax.local_device_count()
-    writer = _Writer(Path(args.out).expanduser(), args.format, model.image_shape)
-    want = manifest(args, model, n, batch)
+    writer = SampleWriter(Path(out).expanduser(), file_format, model.image_shape)
+    want = manifest(model, model_name=model_name, seed=seed, n=n, file_format=file_format, batch=batch)
     resuming = check_folder(writer.out, want)
     writer.out.mkdir(parents=True, exist_ok=True)
     if world == 1:  # with several processes, another one may be writing now
-        remove_temporaries(writer.out)
+        atomic.remove_temporaries(writer.out)
     if not resuming:
-        write_json(writer.out / MANIFEST, want)
+        atomic.write_json(writer.out / MANIFEST, want)
     starts = list(range(0, n, batch))[rank::world]
     sampled = 0
     for start in starts:
@@ -223,7 +192,7 @@ def run(args) -> int:
             continue
         # Pad to a multiple of the devices with the next indices; they are dropped.
         padded = math.ceil(count / devices) * devices
-        chain = model.denoise_steps(padded, key=args.seed, first_index=start)
+        chain = model.denoise_steps(padded, key=seed, first_index=start)
         desc = f"samples {start}-{start + count - 1} of {n}"
         with tqdm(total=T, unit="step", desc=desc) as bar:
             for item in chain:
@@ -231,11 +200,6 @@ def run(args) -> int:
         writer.write(start, model.to_uint8(np.asarray(item.x)[:count], clip=True))
         sampled += count
     mine = sum(min(batch, n - s) for s in starts)
-    done = f"sampled {sampled}, kept {mine - sampled} already there"
-    shown = writer.first(min(n, 64)) if rank == 0 else None
-    if shown is not None:
-        grid = save_grid(shown, writer.out / "grid.png")
-        print(f"{n} samples in {writer.out} ({done}); the grid {grid}")
-    else:
-        print(f"process {rank} of {world}: its {len(starts)} batches are in {writer.out} ({done})")
-    return 0
+    shown = writer.first(min(n, GRID_SIZE)) if rank == 0 else None
+    grid = save_grid(shown, writer.out / "grid.png") if shown is not None else None
+    return Filled(folder=writer.out, sampled=sampled, kept=mine - sampled, batches=len(starts), grid=grid)

@@ -1,7 +1,8 @@
-"""The `ddpm-jax` command line. Each subcommand lives beside what it drives.
+"""The `ddpm-jax` command line: one module a command, each only parsing its flags and calling the library.
 
-A subcommand module defines `add_arguments(parser)` and `run(args) -> int`;
+A command module defines `add_arguments(parser)` and `run(args) -> int`;
 it is imported only when chosen, so `ddpm-jax sample` never loads gradio.
+The arguments several commands share, and loading a model, are in `common`.
 
 Errors: what a user can cause or fix (`EXPECTED_ERRORS`: bad values and
 types, files missing, unreadable, unwritable or in the way, a full or
@@ -17,16 +18,15 @@ import importlib
 import logging
 import os
 import sys
-from pathlib import Path
 
 COMMANDS = {
-    "sample": ("ddpm_jax.sample_cli", "denoise fresh noise into PNG images"),
-    "train": ("ddpm_jax.train_cli", "train a DDPM with optax, checkpointed and resumable"),
+    "sample": ("ddpm_jax.cli.sample", "denoise fresh noise into PNG images"),
+    "train": ("ddpm_jax.cli.train", "train a DDPM with optax, checkpointed and resumable"),
     "demo": ("ddpm_jax.demo.cli", "serve the Gradio page to watch diffusion live"),
-    "inpaint": ("ddpm_jax.inpaint_cli", "fill the masked part of a picture (RePaint), K completions and a grid"),
-    "interpolate": ("ddpm_jax.interpolate_cli", "a strip from picture A to B through the latent x_t (paper Sec. 4.4)"),
+    "inpaint": ("ddpm_jax.cli.inpaint", "fill the masked part of a picture (RePaint), K completions and a grid"),
+    "interpolate": ("ddpm_jax.cli.interpolate", "a strip from picture A to B through the latent x_t (paper Sec. 4.4)"),
     "convert": ("ddpm_jax.convert.cli", "convert PyTorch/diffusers checkpoints to ddpm_jax params (and back)"),
-    "eval": ("ddpm_jax.eval_cli", "bits/dim (the variational bound), rate-distortion, FID/KID/IS"),
+    "eval": ("ddpm_jax.cli.eval", "bits/dim (the variational bound), rate-distortion, FID/KID/IS"),
 }
 
 
@@ -51,23 +51,8 @@ EXPECTED_ERRORS = (ValueError, TypeError, OSError, MemoryError)
 
 def _expected(err: Exception) -> bool:
     return isinstance(err, EXPECTED_ERRORS) or (
-        isinstance(err, RuntimeError) and str(err).startswith("RESOURCE_EXHAUSTED"))
-
-
-def check_out_dir(path, flag: str = "--out") -> Path:
-    """`path` if it is, or can become, a folder this process can write in;
-    else ValueError saying why. Nothing is created: call it before loading
-    a model, so that a bad `--out` fails at once."""
-    path = Path(path).expanduser()
-    there = path  # the nearest part of the path that exists
-    while not there.is_dir():
-        if there.exists() or there.is_symlink():
-            raise ValueError(f"{flag} {path}: {there} is a file, not a folder; give a folder path")
-        there = there.parent
-    if not os.access(there, os.W_OK | os.X_OK):
-        why = "on a read-only file system" if os.statvfs(there).f_flag & os.ST_RDONLY else "not writable"
-        raise ValueError(f"{flag} {path}: cannot write there, {there} is {why}")
-    return path
+        isinstance(err, RuntimeError) and str(err).startswith("RESOURCE_EXHAUSTED")
+    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -75,9 +60,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    from .cpu_flags import use_cpu_flags
+    from ..cpu_flags import use_cpu_flags
 
-    use_cpu_flags()  # before any subcommand starts JAX's backend
+    use_cpu_flags()  # before any command starts JAX's backend
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("jax").setLevel(logging.WARNING)
@@ -89,7 +74,3 @@ def main(argv=None) -> int:
             raise
         print(f"ddpm-jax {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

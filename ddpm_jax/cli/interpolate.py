@@ -13,29 +13,29 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MODEL = "digits"  # the bundled model
+from .common import add_model, add_out, add_seed, load_model
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a bundled or pretrained name, or a .safetensors path")
+    add_model(p)
     p.add_argument("--a", help="picture A (PNG/JPEG); omit --a and --b to blend two fresh samples")
     p.add_argument("--b", help="picture B (PNG/JPEG)")
-    p.add_argument("--t", type=int, default=None,
-                   help="forward steps to encode to, 1..T (default: T // 2, the paper's 500 of 1000)")
+    p.add_argument(
+        "--t",
+        type=int,
+        default=None,
+        help="forward steps to encode to, 1..T (default: T // 2, the paper's 500 of 1000)",
+    )
     p.add_argument("--k", type=int, default=8, help="number of lambdas, evenly spaced in [0, 1]")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="the strip, a PNG file")
+    add_seed(p)
+    add_out(p, "the strip, a PNG file")
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    from .compile_cache import enable_compilation_cache
-    from .images import save_grid
-    from .checks import check_int
-    from .cli import check_out_dir
-    from .inpaint_cli import read_picture
-    from .pipeline import Diffusion
+    from ..checks import check_int
+    from ..images import read_picture, save_grid
 
     if (args.a is None) != (args.b is None):
         raise ValueError("give both --a and --b (two pictures), or neither (two fresh samples)")
@@ -44,9 +44,7 @@ def run(args) -> int:
     out = Path(args.out).expanduser()
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the strip's file name, e.g. {out / 'strip.png'}")
-    check_out_dir(out.parent)
-    enable_compilation_cache()
-    model = Diffusion.from_pretrained(args.model)
+    model = load_model(args.model, out.parent)
     if args.a is None:
         t, ends = model.num_timesteps, []
         chain = model.interpolate_noise_steps(lambdas, key=args.seed)
@@ -60,7 +58,8 @@ def run(args) -> int:
             bar.update(t - item.step - bar.n)
     strip = model.to_uint8(item.x, clip=True)
     if ends:
-        strip = np.concatenate([model.to_uint8(ends[0][None], clip=True), strip, model.to_uint8(ends[1][None], clip=True)])
+        a, b = (model.to_uint8(end[None], clip=True) for end in ends)
+        strip = np.concatenate([a, strip, b])
     path = save_grid(strip, out, ncol=len(strip))
     print(f"wrote the strip {path} ({len(strip)} pictures{', A and B at the ends' if ends else ''})")
     return 0

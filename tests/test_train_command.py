@@ -20,9 +20,32 @@ def mini_preset(monkeypatch):
 
 
 def _train(out, steps, *extra):
-    return main(["train", "--data", "digits", "--config", "mini", "--steps", str(steps),
-                 "--batch", "8", "--lr", "1e-3", "--warmup", "2", "--ema-decay", "0.9",
-                 "--out", str(out), "--ckpt-every", "3", "--log-every", "2", *extra])
+    return main(
+        [
+            "train",
+            "--data",
+            "digits",
+            "--config",
+            "mini",
+            "--steps",
+            str(steps),
+            "--batch",
+            "8",
+            "--lr",
+            "1e-3",
+            "--warmup",
+            "2",
+            "--ema-decay",
+            "0.9",
+            "--out",
+            str(out),
+            "--ckpt-every",
+            "3",
+            "--log-every",
+            "2",
+            *extra,
+        ]
+    )
 
 
 def _kill_after(monkeypatch, n_steps):

@@ -34,8 +34,8 @@ def test_digits_is_bundled_small_and_loads_offline(no_network):
 def test_digits_is_the_cli_default():
     import argparse
 
-    from ddpm_jax import sample_cli
+    from ddpm_jax.cli import sample
 
     p = argparse.ArgumentParser()
-    sample_cli.add_arguments(p)
+    sample.add_arguments(p)
     assert p.parse_args(["--out", "x"]).model == "digits"

@@ -14,63 +14,61 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MODEL = "digits"  # the bundled model
+from .common import add_model, add_out, add_seed, load_model
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a bundled or pretrained name, or a .safetensors path")
+    add_model(p)
     p.add_argument("--image", required=True, help="the picture to inpaint (PNG/JPEG)")
     p.add_argument("--mask", required=True, help="a picture of the mask: white keeps, black is filled")
     p.add_argument("--invert-mask", action="store_true", help="black keeps, white is filled")
-    p.add_argument("--out", required=True, help="output folder")
+    add_out(p)
     p.add_argument("--n", type=int, default=4, help="number of completions")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None,
-                   help="the process respaced to this many steps (default: 250, the paper's, or T if smaller)")
+    add_seed(p)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="the process respaced to this many steps (default: 250, the paper's, or T if smaller)",
+    )
     p.add_argument("--jump-length", type=int, default=10, help="RePaint's jump length j")
-    p.add_argument("--jump-n-sample", type=int, default=10,
-                   help="RePaint's resamplings r; 1 is the replacement method (no jumps, r times cheaper)")
-
-
-def read_picture(path, resolution: int, channels: int, what: str) -> np.ndarray:
-    """A picture file at the model's resolution: HWC float32 in [-1, 1] (`images.load_image`)."""
-    from .images import load_image
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path}: no such file")
-    try:
-        return load_image(path, resolution, channels)
-    except OSError as err:
-        raise ValueError(f"{what} {path} is not a readable picture ({err})") from err
+    p.add_argument(
+        "--jump-n-sample",
+        type=int,
+        default=10,
+        help="RePaint's resamplings r; 1 is the replacement method (no jumps, r times cheaper)",
+    )
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    from .cli import check_out_dir
-    from .compile_cache import enable_compilation_cache
-    from .images import save_grid, save_images
-    from .inpainting import default_steps, jump_schedule
-    from .pipeline import Diffusion
+    from ..images import read_picture, save_grid, save_images
+    from ..inpainting import default_steps, jump_schedule
 
-    check_out_dir(args.out)
-    enable_compilation_cache()
-    model = Diffusion.from_pretrained(args.model)
+    model = load_model(args.model, args.out)
     shape = model.image_shape
     picture = read_picture(args.image, shape[0], shape[-1], "--image")
     mask = read_picture(args.mask, shape[0], 1, "--mask") >= 0.0  # white (kept) vs black (filled)
     if args.invert_mask:
         mask = ~mask
     steps = default_steps(model.diffusion_config.num_diffusion_timesteps) if args.steps is None else args.steps
-    chain = model.inpaint_steps(picture, mask, args.n, key=args.seed, steps=steps,
-                                jump_length=args.jump_length, jump_n_sample=args.jump_n_sample)
+    chain = model.inpaint_steps(
+        picture,
+        mask,
+        args.n,
+        key=args.seed,
+        steps=steps,
+        jump_length=args.jump_length,
+        jump_n_sample=args.jump_n_sample,
+    )
     total = len(jump_schedule(steps, args.jump_length, args.jump_n_sample))
     with tqdm(total=total, unit="it", desc=f"inpainting {args.n}") as bar:
-        for item in chain:
+        for step in chain:
             bar.update(min(model.chunk_size, total - bar.n))
+            last = step
     out = Path(args.out)
-    completions = model.to_uint8(item.x, clip=True)
+    completions = model.to_uint8(last.x, clip=True)
     save_images(completions, str(out / "{:03}.png"))
     picture = model.to_uint8(picture[None], clip=True)
     shown = np.where(mask, picture, 128).astype(np.uint8)

@@ -10,7 +10,7 @@ from scipy.linalg import sqrtm
 
 from ddpm_jax.cli import main
 from ddpm_jax.data import load_digits_images
-from ddpm_jax.eval_cli import eval_images, table_times
+from ddpm_jax.evaluation import eval_images, table_times
 from ddpm_jax.fid import Stats, frechet_distance, inception_score, kernel_inception_distance, load_stats
 from ddpm_jax.images import save_grid, save_images, to_uint8
 from ddpm_jax.likelihood import Bound, rate_distortion
@@ -26,12 +26,25 @@ def run(capsys, *args):
 
 # --- bits/dim and rate-distortion
 
+
 def test_bpd_and_rd_commands(tiny_model, saved, tmp_path, capsys):
     """5 images in batches of 3 (the last padded) give each image's own bound; rd reads it back."""
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
     np.savez(tmp_path / "x.npz", images=images)
-    code, out, err = run(capsys, "bpd", "--model", saved, "--data", tmp_path / "x.npz", "--batch", 4,
-                         "--seed", 3, "--out", tmp_path / "bpd")
+    code, out, err = run(
+        capsys,
+        "bpd",
+        "--model",
+        saved,
+        "--data",
+        tmp_path / "x.npz",
+        "--batch",
+        4,
+        "--seed",
+        3,
+        "--out",
+        tmp_path / "bpd",
+    )
     assert code == 0, err
     with np.load(tmp_path / "bpd" / "bound.npz") as f:
         bound = Bound(*(f[k] for k in Bound._fields))
@@ -75,13 +88,16 @@ def test_eval_images_are_quantised_to_the_grid(tmp_path):
     np.testing.assert_array_equal(eval_images(str(tmp_path), 16, 1), train[:3])
 
 
-@pytest.mark.parametrize("args, match", [
-    (["bpd", "--data", "{tmp}/empty"], "no readable .png/.jpg/.jpeg/.tif/.tiff/.bmp/.webp images"),
-    (["bpd", "--data", "{tmp}/missing"], "no such file or folder"),
-    (["bpd", "--n", "0"], r"--n=0 is out of range"),
-    (["rd", "--bound", "{tmp}/missing.npz"], "no such file"),
-    (["rd", "--bound", "{tmp}/other.npz"], r"lacks \['mse', 'prior', 'terms', 'total'\]"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["bpd", "--data", "{tmp}/empty"], "no readable .png/.jpg/.jpeg/.tif/.tiff/.bmp/.webp images"),
+        (["bpd", "--data", "{tmp}/missing"], "no such file or folder"),
+        (["bpd", "--n", "0"], r"--n=0 is out of range"),
+        (["rd", "--bound", "{tmp}/missing.npz"], "no such file"),
+        (["rd", "--bound", "{tmp}/other.npz"], r"lacks \['mse', 'prior', 'terms', 'total'\]"),
+    ],
+)
 def test_bound_commands_refuse_bad_input(saved, tmp_path, capsys, args, match):
     (tmp_path / "empty").mkdir()
     np.savez(tmp_path / "other.npz", images=np.zeros((1, 8, 8, 1), np.uint8))
@@ -92,6 +108,7 @@ def test_bound_commands_refuse_bad_input(saved, tmp_path, capsys, args, match):
 
 
 # --- FID, KID, IS
+
 
 def test_frechet_distance_of_gaussians_with_known_moments():
     """Commuting covariances Q diag(a) Q^T, Q diag(b) Q^T: |mu1 - mu2|^2 + sum (sqrt a - sqrt b)^2."""
@@ -180,9 +197,22 @@ def test_fid_command_end_to_end(tmp_path, capsys):
     want = np.sum((f.mean(0) - r.mean(0)) ** 2) + np.sum(a * a) + np.sum(b * b) - 2 * trace_sqrt
     assert want > 1.0
 
-    code, out, err = run(capsys, "fid", "--samples", tmp_path / "samples", "--ref", tmp_path / "ref.npz",
-                         "--inception-weights", weights, "--batch", 2, "--out", tmp_path / "out",
-                         "--save-ref-stats", tmp_path / "ref_stats.npz")
+    code, out, err = run(
+        capsys,
+        "fid",
+        "--samples",
+        tmp_path / "samples",
+        "--ref",
+        tmp_path / "ref.npz",
+        "--inception-weights",
+        weights,
+        "--batch",
+        2,
+        "--out",
+        tmp_path / "out",
+        "--save-ref-stats",
+        tmp_path / "ref_stats.npz",
+    )
     assert code == 0, err
     result = json.loads((tmp_path / "out" / "fid.json").read_text())
     assert result["n_samples"] == 3 and result["n_ref"] == 2 and result["kid_subset_size"] == 2
@@ -193,20 +223,31 @@ def test_fid_command_end_to_end(tmp_path, capsys):
     assert stats.n == 2
     np.testing.assert_allclose(stats.mu, r.mean(0), rtol=1e-5, atol=1e-6)
 
-    code, out, err = run(capsys, "fid", "--samples", tmp_path / "samples", "--ref", tmp_path / "ref_stats.npz",
-                         "--inception-weights", weights)
+    code, out, err = run(
+        capsys,
+        "fid",
+        "--samples",
+        tmp_path / "samples",
+        "--ref",
+        tmp_path / "ref_stats.npz",
+        "--inception-weights",
+        weights,
+    )
     assert code == 0, err
     assert f"FID {result['fid']:.4f} (3 samples vs 2 reference images)" in out
     assert "KID: needs reference images" in out
 
 
-@pytest.mark.parametrize("setup, match", [
-    ("missing_weights", "Inception weights .*missing.pth not found; expected pt_inception-2015-12-05"),
-    ("no_weights", "DDPM_JAX_INCEPTION_WEIGHTS"),
-    ("wrong_weights", "does not fit the FID Inception-v3"),
-    ("empty_samples", "no .png/.jpg/.jpeg images and no samples_\\*.npz in"),
-    ("mixed_sizes", "differ in size"),
-])
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        ("missing_weights", "Inception weights .*missing.pth not found; expected pt_inception-2015-12-05"),
+        ("no_weights", "DDPM_JAX_INCEPTION_WEIGHTS"),
+        ("wrong_weights", "does not fit the FID Inception-v3"),
+        ("empty_samples", "no .png/.jpg/.jpeg images and no samples_\\*.npz in"),
+        ("mixed_sizes", "differ in size"),
+    ],
+)
 def test_fid_refuses_bad_input(tmp_path, capsys, monkeypatch, setup, match):
     import torch
 
@@ -218,10 +259,20 @@ def test_fid_refuses_bad_input(tmp_path, capsys, monkeypatch, setup, match):
         save_images(rng.integers(0, 256, (1, 9, 9, 3), dtype=np.uint8), str(tmp_path / "samples" / "b{}.png"))
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pth")
     np.savez(tmp_path / "ref.npz", images=rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8))
-    weights = {"missing_weights": [tmp_path / "missing.pth"], "no_weights": [],
-               "wrong_weights": [tmp_path / "wrong.pth"]}.get(setup, [tmp_path / "wrong.pth"])
+    weights = {
+        "missing_weights": [tmp_path / "missing.pth"],
+        "no_weights": [],
+        "wrong_weights": [tmp_path / "wrong.pth"],
+    }.get(setup, [tmp_path / "wrong.pth"])
     monkeypatch.delenv("DDPM_JAX_INCEPTION_WEIGHTS", raising=False)
-    code, _, err = run(capsys, "fid", "--samples", tmp_path / "samples", "--ref", tmp_path / "ref.npz",
-                       *(["--inception-weights", *weights] if weights else []))
+    code, _, err = run(
+        capsys,
+        "fid",
+        "--samples",
+        tmp_path / "samples",
+        "--ref",
+        tmp_path / "ref.npz",
+        *(["--inception-weights", *weights] if weights else []),
+    )
     assert code == 2
     assert re.search(match, err), err

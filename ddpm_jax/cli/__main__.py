@@ -1,0 +1,8 @@
+"""`python -m ddpm_jax.cli ...`: the `ddpm-jax` command."""
+
+import sys
+
+from . import main
+
+if __name__ == "__main__":
+    sys.exit(main())

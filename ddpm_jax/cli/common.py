@@ -1,0 +1,79 @@
+"""What the `ddpm-jax` commands share: their common arguments, each declared here once, the
+check of an output folder, and loading a model the same way for every command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_MODEL = "digits"  # the bundled model: small, works offline
+MODEL_HELP = "a bundled or pretrained name, or a .safetensors path"
+
+
+def add_model(p, help: str = MODEL_HELP, *, repeat: bool = False):
+    """--model: `DEFAULT_MODEL` unless given; with `repeat`, the list of every --model given
+    (None when none is: the command then uses [DEFAULT_MODEL])."""
+    if repeat:
+        p.add_argument("--model", action="append", metavar="NAME", help=help)
+    else:
+        p.add_argument("--model", default=DEFAULT_MODEL, help=help)
+
+
+def add_seed(p, help: str | None = None, *, default: int | None = 0):
+    p.add_argument("--seed", type=int, default=default, help=help)
+
+
+def add_out(p, help: str = "output folder", *, required: bool = True):
+    p.add_argument("--out", required=required, help=help)
+
+
+def add_precision(p):
+    from ..ops import PRECISIONS
+
+    p.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="float32",
+        help="how the UNet computes: float32; bfloat16; mixed_bf16 (bfloat16 operands, "
+        "float32 accumulation; see bench/precision.py for how far it moves the samples)",
+    )
+
+
+def add_preset(p, help: str, *, default: str | None = None):
+    """--config: a name of `config.UNET_PRESETS`."""
+    from ..config import UNET_PRESETS
+
+    p.add_argument("--config", choices=sorted(UNET_PRESETS), default=default, help=help)
+
+
+def check_out_dir(path, flag: str = "--out") -> Path:
+    """`path` if it is, or can become, a folder this process can write in;
+    else ValueError saying why. Nothing is created: call it before loading
+    a model, so that a bad `--out` fails at once."""
+    path = Path(path).expanduser()
+    there = path  # the nearest part of the path that exists
+    while not there.is_dir():
+        if there.exists() or there.is_symlink():
+            raise ValueError(f"{flag} {path}: {there} is a file, not a folder; give a folder path")
+        there = there.parent
+    if not os.access(there, os.W_OK | os.X_OK):
+        why = "on a read-only file system" if os.statvfs(there).f_flag & os.ST_RDONLY else "not writable"
+        raise ValueError(f"{flag} {path}: cannot write there, {there} is {why}")
+    return path
+
+
+def load_model(model: str, out, *, sharded: bool = False, precision: str = "float32"):
+    """`Diffusion.from_pretrained(model)`, after what costs nothing: `out`, the folder the command
+    writes into (None: it writes none), is checked (`check_out_dir`) and JAX's compilation cache
+    is turned on. With `sharded`, the params go on every local device when there are several."""
+    import jax
+
+    from ..compile_cache import enable_compilation_cache
+    from ..pipeline import Diffusion
+    from ..sharding import data_mesh
+
+    if out is not None:
+        check_out_dir(out)
+    enable_compilation_cache()
+    mesh = data_mesh() if sharded and jax.local_device_count() > 1 else None
+    return Diffusion.from_pretrained(model, mesh=mesh, precision=precision)
