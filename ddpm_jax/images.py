@@ -18,9 +18,19 @@ def to_uint8(x, clip: bool = False) -> np.ndarray:
     """NHWC floats in [-1, 1] -> NHWC uint8 via (x + 1) * 127.5, rounded.
 
     With `clip`, values are clamped to [-1, 1] first; without it, values out
-    of range raise (the port's cast wrapped them around silently).
+    of range raise (the port's cast wrapped them around silently). NaN or
+    infinite values raise either way: they come from a chain that diverged,
+    and would otherwise be written as black pixels.
     """
     x = np.asarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = np.unique(np.nonzero(bad.reshape(len(x), -1) if x.ndim == 4 else bad.reshape(1, -1))[0])
+        raise ValueError(
+            f"x holds {int(bad.sum())} NaN or infinite values (in image(s) {where[:8].tolist()}"
+            f"{', ...' if len(where) > 8 else ''}): the chain diverged, and no picture is made of them; "
+            "check the model's weights and precision (precision='float32')"
+        )
     if clip:
         x = np.clip(x, -1.0, 1.0)
     y = np.rint((x + 1.0) * 127.5)

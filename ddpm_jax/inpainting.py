@@ -31,6 +31,35 @@ def default_steps(num_timesteps: int) -> int:
     return min(PAPER_STEPS, num_timesteps)
 
 
+# The longest jump schedule a call may ask for: the paper's 250:10:10 is 4,570
+# iterations; a million is days of model calls at the released sizes, and the
+# schedule itself (8 MB) is then still small.
+MAX_ITERATIONS = 10**6
+
+
+def schedule_length(
+    num_steps: int, jump_length: int = PAPER_JUMP_LENGTH, jump_n_sample: int = PAPER_JUMP_N_SAMPLE
+) -> int:
+    """The number of rows `jump_schedule` makes, without making it: every jump
+    adds `jump_length` forward and as many reverse rows."""
+    if jump_n_sample <= 1:
+        return num_steps
+    points = len(range(0, num_steps - jump_length, jump_length))
+    return num_steps + 2 * jump_length * (jump_n_sample - 1) * points
+
+
+def check_schedule(num_steps: int, jump_length: int, jump_n_sample: int) -> int:
+    """The schedule's length, or ValueError naming it when it is over `MAX_ITERATIONS`."""
+    n = schedule_length(num_steps, jump_length, jump_n_sample)
+    if n > MAX_ITERATIONS:
+        raise ValueError(
+            f"steps={num_steps}, jump_length={jump_length}, jump_n_sample={jump_n_sample} make a chain of "
+            f"{n:,} iterations, more than {MAX_ITERATIONS:,}; the paper's 250:10:10 is "
+            f"{schedule_length(PAPER_STEPS):,}: lower jump_n_sample or steps"
+        )
+    return n
+
+
 def jump_schedule(
     num_steps: int, jump_length: int = PAPER_JUMP_LENGTH, jump_n_sample: int = PAPER_JUMP_N_SAMPLE
 ) -> np.ndarray:

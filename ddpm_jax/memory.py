@@ -53,9 +53,12 @@ def _size(n_bytes: float) -> str:
         n_bytes /= 1000
 
 
-def check_batch(n: int, config: UNetConfig, devices: int = 1, name: str = "n") -> int:
+SAMPLE_IN_BATCHES = "sample in batches (`ddpm-jax sample --batch B`, or denoise(B, first_index=i) for each batch)"
+
+
+def check_batch(n: int, config: UNetConfig, devices: int = 1, name: str = "n", fix: str = SAMPLE_IN_BATCHES) -> int:
     """Raise ValueError when n samples (split over `devices`) cannot fit in a
-    device's memory by `sample_bytes`' lower bound; returns n."""
+    device's memory by `sample_bytes`' lower bound, saying `fix`; returns n."""
     per_device = math.ceil(n / devices)
     each = sample_bytes(config)
     have = device_bytes()
@@ -64,7 +67,6 @@ def check_batch(n: int, config: UNetConfig, devices: int = 1, name: str = "n") -
         raise ValueError(
             f"{name}={n} samples need at least {_size(per_device * each)} per device "
             f"({_size(each)} each at resolution {config.resolution}), more than the device's "
-            f"{_size(have)} (at most {most} could fit in one call); sample in batches "
-            "(`ddpm-jax sample --batch B`, or denoise(B, first_index=i) for each batch)"
+            f"{_size(have)} (at most {most} could fit in one call); {fix}"
         )
     return n

@@ -20,7 +20,15 @@ from . import cpu_flags, images, samplers
 from .checks import check_int
 from .coefficients import Coefficients, make_coefficients
 from .config import DiffusionConfig, UNetConfig
-from .inpainting import PAPER_JUMP_LENGTH, PAPER_JUMP_N_SAMPLE, check_mask, default_steps, jump_schedule, repaint_chunk
+from .inpainting import (
+    PAPER_JUMP_LENGTH,
+    PAPER_JUMP_N_SAMPLE,
+    check_mask,
+    check_schedule,
+    default_steps,
+    jump_schedule,
+    repaint_chunk,
+)
 from .interpolation import check_lambdas, lerp, slerp
 from .likelihood import Bound, bound_chunk, grid_images, variational_bound
 from .memory import check_batch
@@ -407,16 +415,23 @@ class Diffusion:
 
         Runs t = curr_step up to curr_step+n_steps-1 (curr_step defaults to 0)
         of the chain `chain(sampler, steps)` (its timesteps; diffusing uses no
-        sampler's step).
+        sampler's step). At curr_step 0, x is x_0: images in [-1, 1] (a value
+        outside is refused, not silently noised); later x_t may hold any value.
         """
-        T = self.chain(sampler, steps).steps
+        chain = self.chain(sampler, steps)
+        T = chain.steps
         n, ids = self._ids(n, first_index)
         curr_step = check_int("curr_step", 0 if curr_step is None else curr_step, 0, T - 1)
         n_steps = check_int("n_steps", T - curr_step if n_steps is None else n_steps, 1, T - curr_step)
         if x is None:
             raise ValueError("diffuse needs x: the images (n, H, W, C) float32 in [-1, 1] to noise")
-        x = self._place(self._check_x(x, n))
-        return self._diffuse_iter(self.chain(sampler, steps), x, curr_step, n_steps, as_key(key), ids)
+        x = self._check_x(x, n)
+        if curr_step == 0 and (float(x.min()) < -1.0 or float(x.max()) > 1.0):
+            raise ValueError(
+                f"x at curr_step=0 is x_0, images in [-1, 1], but holds values in [{float(x.min()):.3g}, "
+                f"{float(x.max()):.3g}]; rescale it (uint8 u: u / 127.5 - 1), or give the curr_step x has had"
+            )
+        return self._diffuse_iter(chain, self._place(x), curr_step, n_steps, as_key(key), ids)
 
     def _diffuse_iter(self, chain: Chain, x, step, remaining, key, ids):
         while remaining > 0:
@@ -483,6 +498,7 @@ class Diffusion:
         jump_n_sample = check_int("jump_n_sample", jump_n_sample, 1, 10**4)
         if jump_n_sample > 1:
             jump_length = check_int("jump_length", jump_length, 1, max(1, steps - 1))
+        check_schedule(steps, jump_length, jump_n_sample)  # before the schedule is made
         schedule = jump_schedule(steps, jump_length, jump_n_sample)
         start = check_int("start", start, 0, len(schedule) - 1)
         known = _check_images("image", image, self.image_shape)
@@ -532,7 +548,7 @@ class Diffusion:
         depends on the others.
         """
         t = check_int("t", t, 1, self.num_timesteps)
-        lam = check_lambdas(lambdas)
+        lam = self._lambdas(lambdas)
         pair = np.concatenate(
             [
                 _broadcast(name, _check_images(name, img, self.image_shape), 1)
@@ -557,7 +573,7 @@ class Diffusion:
         (those of `denoise`), spherically interpolated for each lambda and denoised
         with the reverse noise of sample indices[0]. lambda = 0 gives exactly
         `denoise(1, key=key, first_index=indices[0])`."""
-        lam = check_lambdas(lambdas)
+        lam = self._lambdas(lambdas)
         if len(indices) != 2:
             raise ValueError(f"indices must name two samples (a, b), got {indices!r}")
         ia, ib = (check_int("indices", i, 0, 2**31 - 1) for i in indices)
@@ -568,6 +584,15 @@ class Diffusion:
     def interpolate_noise(self, lambdas, key=None, callback: Callback | None = None, **kwargs) -> jax.Array:
         """Spherical interpolation of two fresh x_T, denoised: (k, H, W, C); see `interpolate_noise_steps`."""
         return _run(self.interpolate_noise_steps(lambdas, key, **kwargs), callback)
+
+    def _lambdas(self, lambdas) -> np.ndarray:
+        """Checked lambdas (`interpolation.check_lambdas`), one image each: a batch that
+        must fit in memory (`memory.check_batch`) before anything is allocated."""
+        lam = check_lambdas(lambdas)
+        devices = 1 if self.mesh is None else self.mesh.size
+        fix = "interpolate fewer lambdas per call (each lambda's image depends on no other)"
+        check_batch(len(lam), self.unet_config, devices, name="len(lambdas)", fix=fix)
+        return lam
 
     def _decode_mix(self, x, t, key, index, clip):
         """The default chain from t for a batch that shares sample number `index`."""

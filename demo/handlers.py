@@ -22,7 +22,7 @@ import numpy as np
 
 from ddpm_jax import samplers
 from ddpm_jax.images import load_image, save_png
-from ddpm_jax.inpainting import jump_schedule
+from ddpm_jax.inpainting import schedule_length
 from ddpm_jax.pipeline import as_key
 from ddpm_jax.sampling import initial_noise
 
@@ -306,7 +306,10 @@ class Demo:
                     raise ValueError(f"nothing to diffuse at step T={T} (pure noise): Denoise or Reset first")
                 if k > T - start:
                     raise ValueError(f"steps={k} is more than the {T - start} steps left before T={T}")
-                chunks = model.diffuse_steps(session.n, k, x=session.x, curr_step=start, key=session.seed)
+                # At step 0 the page shows x_0 clipped to [-1, 1] (an unclipped chain's last step
+                # may overshoot a little): that picture is what gets diffused.
+                x = jnp.clip(session.x, -1.0, 1.0) if start == 0 else session.x
+                chunks = model.diffuse_steps(session.n, k, x=x, curr_step=start, key=session.seed)
                 session.generation += 1
                 gen = session.generation
         except (ValueError, ModelUnavailable) as err:
@@ -435,7 +438,7 @@ class Demo:
                 )
                 session.generation += 1
                 gen = session.generation
-            total = len(jump_schedule(steps, jump, resample))
+            total = schedule_length(steps, jump, resample)
         except (ValueError, ModelUnavailable) as err:
             yield self._warn(session, show_x0, err)
             return

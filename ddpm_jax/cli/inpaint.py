@@ -44,7 +44,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..images import read_picture, save_grid, save_images
-    from ..inpainting import default_steps, jump_schedule
+    from ..inpainting import default_steps, schedule_length
 
     model = load_model(args.model, args.out)
     shape = model.image_shape
@@ -62,7 +62,7 @@ def run(args) -> int:
         jump_length=args.jump_length,
         jump_n_sample=args.jump_n_sample,
     )
-    total = len(jump_schedule(steps, args.jump_length, args.jump_n_sample))
+    total = schedule_length(steps, args.jump_length, args.jump_n_sample)
     with tqdm(total=total, unit="it", desc=f"inpainting {args.n}") as bar:
         for step in chain:
             bar.update(min(model.chunk_size, total - bar.n))
