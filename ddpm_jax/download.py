@@ -11,7 +11,8 @@ files of a killed download are removed by the next fetch of that file. With
 Every download ends (`Limits`): an attempt fails when no byte arrives for
 `stall` seconds (a server that accepts and never answers included) or when it
 gets fewer than `min_rate` bytes/s over any `window` seconds; all attempts
-together stop at `deadline` seconds. A body larger than `max_bytes` (announced
+together stop at `deadline` seconds: connecting, the status line and headers
+included (a server that sends its headers a byte at a time is cut off then). A body larger than `max_bytes` (announced
 or streamed), an HTTP 4xx answer (but 408/429), a full disk are not retried.
 """
 
@@ -19,8 +20,11 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import http.client
 import logging
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -90,10 +94,65 @@ def md5sum(path, chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
-def _open(url: str, stall: float):
-    """urlopen, with HTTP errors sorted into retryable and not."""
+class _Deadline:
+    """Ends every connection opened through it at `stop_at` (time.monotonic): its
+    socket is shut down then, whether it is connecting, reading the status line
+    and headers, or the body. A socket timeout alone cannot do this: a server
+    that sends a byte every half second never lets one expire."""
+
+    def __init__(self, stop_at: float):
+        self.stop_at, self.timers = stop_at, []
+
+    def watch(self, sock) -> None:
+        def cut():
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # closed already
+                pass
+
+        timer = threading.Timer(max(0.0, self.stop_at - time.monotonic()), cut)
+        timer.daemon = True
+        timer.start()
+        self.timers.append(timer)
+
+    def cancel(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+
+    def connection(self, base: type):
+        """`base` (HTTPConnection or HTTPSConnection) whose connect is bounded by the
+        time left and whose socket is watched from then on."""
+        deadline = self
+
+        class Bounded(base):
+            def connect(self):
+                left = deadline.stop_at - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the deadline passed before connecting")
+                self.timeout = left if self.timeout is None else min(self.timeout, left)
+                super().connect()
+                deadline.watch(self.sock)
+
+        return Bounded
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        deadline = self
+
+        class HTTP(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(deadline.connection(http.client.HTTPConnection), req)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(deadline.connection(http.client.HTTPSConnection), req)
+
+        return urllib.request.build_opener(HTTP, HTTPS)
+
+
+def _open(url: str, stall: float, deadline: _Deadline):
+    """urlopen within the deadline, with HTTP errors sorted into retryable and not."""
     try:
-        return urllib.request.urlopen(url, timeout=stall)
+        return deadline.opener().open(url, timeout=stall)
     except urllib.error.HTTPError as err:
         why = f"HTTP {err.code} {err.reason}"
         if 400 <= err.code < 500 and err.code not in (408, 429):  # the request itself is wrong
@@ -108,7 +167,20 @@ def _stream(url: str, fileobj, max_bytes: int, limits: Limits, stop_at: float, d
     (urllib's errors and socket timeouts included).
     """
     h = hashlib.md5()
-    with _open(url, limits.stall) as resp:
+    deadline = _Deadline(stop_at)
+    try:
+        return _copy(_open(url, limits.stall, deadline), fileobj, max_bytes, limits, stop_at, desc, h)
+    except (OSError, HTTPException) as err:
+        if time.monotonic() >= stop_at:
+            raise _Fatal(f"not done within the deadline of {limits.deadline:g} s ({type(err).__name__})") from err
+        raise
+    finally:
+        deadline.cancel()
+
+
+def _copy(resp, fileobj, max_bytes: int, limits: Limits, stop_at: float, desc: str, h) -> str:
+    """The body of `resp` into fileobj (see `_stream`); returns its md5."""
+    with resp:
         total = resp.headers.get("Content-Length")
         total = int(total) if total is not None and total.strip().isdigit() else None
         if total is not None and total > max_bytes:

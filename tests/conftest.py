@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+from pathlib import Path
 
 import jax
 import pytest
@@ -22,11 +23,44 @@ os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="ddpm_jax_test_gradio_")
 # start use it too): a program that another test or process compiled loads
 # instead of compiling again.
 enable_compilation_cache()
+# This run's own folder, shared by the test processes of `pytest -n` (they inherit the variable).
+RUN_DIR = Path(os.environ.setdefault("DDPM_JAX_TEST_RUN_DIR", tempfile.mkdtemp(prefix="ddpm_jax_test_run_")))
+
+
+def params_once_per_run(name: str, make) -> dict:
+    """make()'s params, computed by one test process of the run and read back, bit for bit, by the
+    others (`pytest -n`): a process that gets here second waits for the first instead of compiling
+    the same program beside it on the same cores."""
+    from filelock import FileLock
+    from safetensors.numpy import load_file, save_file
+
+    from ddpm_jax.weights import flatten_params, unflatten_params
+
+    path = RUN_DIR / f"{name}.safetensors"
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            save_file({k: jax.device_get(v) for k, v in flatten_params(make()).items()}, f"{path}.tmp")
+            os.replace(f"{path}.tmp", path)
+        return jax.tree.map(jax.numpy.asarray, unflatten_params(load_file(path)))
+
+
+@pytest.fixture(autouse=True)
+def _xla_flags_as_the_run_started():
+    """XLA_FLAGS back as it was after each test. A command run in this process (`main([...])`)
+    adds the fast CPU path's flags to os.environ, too late to apply here; and JAX's persistent
+    cache hashes XLA_FLAGS into its keys, so every test after it would miss the programs that
+    the other test processes compiled."""
+    before = os.environ.get("XLA_FLAGS")
+    yield
+    if before is None:
+        os.environ.pop("XLA_FLAGS", None)
+    else:
+        os.environ["XLA_FLAGS"] = before
 
 
 @pytest.fixture(scope="session")
 def tiny_params():
-    return init_params(TINY_UNET, jax.random.key(1))
+    return params_once_per_run("tiny_params", lambda: init_params(TINY_UNET, jax.random.key(1)))
 
 
 @pytest.fixture(scope="session")

@@ -115,6 +115,45 @@ def test_the_deadline_covers_the_whole_download(server, tmp_path):
     assert server.requests["/m.ckpt"] == 1 and left_behind(tmp_path) == []
 
 
+@pytest.fixture
+def header_drip():
+    """A loopback server that sends its status line and headers one byte every 0.2 s, forever
+    (until the test ends): no socket timeout of a second ever expires on it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n" + b"X-Slow: " + b"a" * 10_000
+
+    def serve():
+        listener.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                for byte in head:
+                    if done.wait(0.2):
+                        break
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/m.ckpt"
+    done.set()
+    thread.join(timeout=5)
+    listener.close()
+
+
+def test_the_deadline_covers_the_status_line_and_headers(header_drip, tmp_path):
+    limits = Limits(deadline=2.0, stall=1.0, min_rate=2000.0, window=0.5)
+    msg, took = timed(lambda: fetch(header_drip, tmp_path / "m.ckpt", MD5, limits=limits, backoff=0))
+    assert "not done within the deadline of 2 s" in msg and took < 4, (msg, took)
+    assert left_behind(tmp_path) == []
+
+
 def test_waiting_for_another_process_says_so_and_is_bounded(server, tmp_path, caplog):
     dest = tmp_path / "m.ckpt"
     held = FileLock(str(dest) + ".lock")

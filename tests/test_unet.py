@@ -8,6 +8,12 @@ from ddpm_jax.unet import UNet, count_params, timestep_embedding
 
 from .helpers import TINY_UNET
 
+# Jitted: applied eagerly, op by op, the UNet compiles each op on its own (seconds per shape).
+apply = jax.jit(lambda params, x, t: UNet(TINY_UNET).apply({"params": params}, x, t))
+apply_train = jax.jit(
+    lambda params, x, t, key: UNet(TINY_UNET).apply({"params": params}, x, t, train=True, rngs={"dropout": key})
+)
+
 
 @pytest.mark.parametrize("name, count", [("cifar10", 35_746_307), ("lsun", 113_673_219)])
 def test_preset_parameter_counts(name, count):
@@ -21,20 +27,19 @@ def test_preset_parameter_counts(name, count):
 
 def test_output_shape_and_finiteness(tiny_params):
     x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
-    eps = UNet(TINY_UNET).apply({"params": tiny_params}, x, jnp.array([0, 5, 39], jnp.int32))
+    eps = apply(tiny_params, x, jnp.array([0, 5, 39], jnp.int32))
     assert eps.shape == (3, 8, 8, 1) and eps.dtype == jnp.float32
     assert np.all(np.isfinite(eps))
 
 
 def test_dropout_only_in_training(tiny_params):
-    model = UNet(TINY_UNET)
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
     t = jnp.array([3, 7], jnp.int32)
-    a = model.apply({"params": tiny_params}, x, t)
-    b = model.apply({"params": tiny_params}, x, t)
+    a = apply(tiny_params, x, t)
+    b = apply(tiny_params, x, t)
     np.testing.assert_array_equal(a, b)
-    c = model.apply({"params": tiny_params}, x, t, train=True, rngs={"dropout": jax.random.key(1)})
-    d = model.apply({"params": tiny_params}, x, t, train=True, rngs={"dropout": jax.random.key(2)})
+    c = apply_train(tiny_params, x, t, jax.random.key(1))
+    d = apply_train(tiny_params, x, t, jax.random.key(2))
     assert not np.allclose(c, d) and not np.allclose(a, c)
 
 
@@ -48,12 +53,11 @@ def test_timestep_embedding_formula():
 
 def test_each_sample_sees_its_own_t(tiny_params):
     """Output i depends on t[i] only: a batch equals its samples run alone."""
-    model = UNet(TINY_UNET)
     x = jax.random.normal(jax.random.key(3), (2, 8, 8, 1))
     t = jnp.array([1, 30], jnp.int32)
-    both = model.apply({"params": tiny_params}, x, t)
+    both = apply(tiny_params, x, t)
     for i in range(2):
-        alone = model.apply({"params": tiny_params}, x[i : i + 1], t[i : i + 1])
+        alone = apply(tiny_params, x[i : i + 1], t[i : i + 1])
         np.testing.assert_allclose(both[i : i + 1], alone, atol=1e-5)
 
 
