@@ -74,3 +74,12 @@ def write_json(path, obj, **kwargs) -> Path:
     """`obj` as JSON (indent 1 unless told otherwise), atomically."""
     kwargs.setdefault("indent", 1)
     return write_bytes(path, (json.dumps(obj, **kwargs) + "\n").encode())
+
+
+def refuse_existing(paths, flag: str = "--out") -> None:
+    """ValueError naming the files of `paths` that exist already: a command that
+    would write them replaces nothing a user has (checked before any work)."""
+    there = [str(p) for p in paths if Path(p).exists() or Path(p).is_symlink()]
+    if there:
+        shown = ", ".join(there[:3]) + (f" and {len(there) - 3} more" if len(there) > 3 else "")
+        raise ValueError(f"{flag}: {shown} already exist(s); move them away or choose another {flag}")

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from . import atomic
+from .folder_lock import folder_lock
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -170,18 +171,26 @@ def fill_folder(model, out, *, n: int, batch: int, seed: int, file_format: str =
     and a grid of the first ones; resumes a run the folder already holds (`check_folder`).
     `model_name` is what the manifest records as the model (a name or path that loads it)."""
     import jax
-    from tqdm import tqdm
-
-    from .images import save_grid
 
     rank, world = jax.process_index(), jax.process_count()
-    T, devices = model.num_timesteps, jax.local_device_count()
     writer = SampleWriter(Path(out).expanduser(), file_format, model.image_shape)
     want = manifest(model, model_name=model_name, seed=seed, n=n, file_format=file_format, batch=batch)
     resuming = check_folder(writer.out, want)
     writer.out.mkdir(parents=True, exist_ok=True)
-    if world == 1:  # with several processes, another one may be writing now
-        atomic.remove_temporaries(writer.out)
+    if world > 1:  # the processes of one run share the folder by design
+        return _fill(model, writer, want, resuming, n, batch, seed, rank, world)
+    with folder_lock(writer.out, "sample run"):
+        atomic.remove_temporaries(writer.out)  # no other writer now
+        return _fill(model, writer, want, resuming, n, batch, seed, rank, world)
+
+
+def _fill(model, writer: SampleWriter, want: dict, resuming: bool, n, batch, seed, rank, world) -> Filled:
+    import jax
+    from tqdm import tqdm
+
+    from .images import save_grid
+
+    T, devices = model.num_timesteps, jax.local_device_count()
     if not resuming:
         atomic.write_json(writer.out / MANIFEST, want)
     starts = list(range(0, n, batch))[rank::world]

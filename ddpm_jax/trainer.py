@@ -31,6 +31,7 @@ from .checkpoint import list_checkpoints, read_checkpoint, restore_state, save_c
 from .checks import check_int
 from .coefficients import make_coefficients
 from .config import DiffusionConfig, UNetConfig, config_to_dict
+from .folder_lock import folder_lock
 from .pipeline import Diffusion
 from .sharding import data_mesh, replicate
 from .train import TrainConfig, TrainState, init_state, make_train_step
@@ -135,10 +136,16 @@ class Trainer:
 
     def fit(self, out, options: RunOptions, *, progress: bool = True) -> TrainState:
         """Train until `options.steps`, logging, checkpointing and previewing into `out`;
-        then export the EMA params to `out/ema.safetensors`."""
+        then export the EMA params to `out/ema.safetensors`. The run holds the folder's
+        lock (`folder_lock`) throughout: a second run into it is refused."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with folder_lock(out, "training run"):
+            return self._fit(out, options, progress)
+
+    def _fit(self, out: Path, options: RunOptions, progress: bool) -> TrainState:
         from tqdm import tqdm
 
-        out = Path(out)
         meta = run_metadata(self.diffusion_config, self.unet_config, self.train_config)
         events = (options.log_every, options.ckpt_every, options.sample_every)
         step = self.step

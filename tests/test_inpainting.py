@@ -242,6 +242,7 @@ def test_inpaint_cli_writes_completions_and_a_grid(saved, tmp_path, capsys):
     assert not np.array_equal(got[0], got[1])
     assert np.asarray(Image.open(out / "grid.png")).shape == (2 + 2 * 10, 2 + 2 * 10)  # 4 tiles of 8 + 2
 
+    args[8] = str(tmp_path / "out2")  # a fresh folder: the first one's files are never replaced
     assert main([*args[:6], str(tmp_path / "none.png"), *args[7:]]) == 2
     err = capsys.readouterr().err
     assert "--mask" in err and "no such file" in err

@@ -131,7 +131,7 @@ def test_interpolate_cli_writes_a_strip(saved, tmp_path, capsys):
                 "--t",
                 "41",
                 "--out",
-                str(out),
+                str(tmp_path / "other.png"),
             ]
         )
         == 2

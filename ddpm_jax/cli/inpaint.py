@@ -43,9 +43,14 @@ def add_arguments(p):
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..atomic import refuse_existing
+    from ..checks import check_int
     from ..images import read_picture, save_grid, save_images
     from ..inpainting import default_steps, schedule_length
 
+    out = Path(args.out)
+    n = check_int("--n", args.n, 1, 10**5)
+    refuse_existing([out / f"{i:03}.png" for i in range(n)] + [out / "grid.png"])
     model = load_model(args.model, args.out)
     shape = model.image_shape
     picture = read_picture(args.image, shape[0], shape[-1], "--image")
@@ -67,7 +72,6 @@ def run(args) -> int:
         for step in chain:
             bar.update(min(model.chunk_size, total - bar.n))
             last = step
-    out = Path(args.out)
     completions = model.to_uint8(last.x, clip=True)
     save_images(completions, str(out / "{:03}.png"))
     picture = model.to_uint8(picture[None], clip=True)

@@ -34,6 +34,7 @@ def add_arguments(p):
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..atomic import refuse_existing
     from ..checks import check_int
     from ..images import read_picture, save_grid
 
@@ -44,6 +45,7 @@ def run(args) -> int:
     out = Path(args.out).expanduser()
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the strip's file name, e.g. {out / 'strip.png'}")
+    refuse_existing([out])
     model = load_model(args.model, out.parent)
     if args.a is None:
         t, ends = model.num_timesteps, []
