@@ -76,11 +76,20 @@ def load_bound(path, what: str) -> Bound:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path}: no such file (write one with `ddpm-jax eval bpd --out DIR`)")
-    with np.load(path, allow_pickle=False) as f:
-        missing = set(Bound._fields) - set(f.files)
-        if missing:
-            raise ValueError(f"{what} {path} lacks {sorted(missing)}; expected a bound.npz of `eval bpd`")
-        return Bound(*(f[k] for k in Bound._fields))
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):  # a bare .npy array
+                raise ValueError("it holds one array, not the bound's arrays")
+            missing = set(Bound._fields) - set(f.files)
+            if missing:
+                raise ValueError(f"it lacks {sorted(missing)}")
+            return Bound(*(f[k] for k in Bound._fields))
+    except (ValueError, OSError, EOFError) as err:  # numpy's own text would suggest an unsafe load
+        why = str(err) if str(err).startswith(("it ", "it lacks")) else "not a readable .npz"
+        raise ValueError(
+            f"{what} {path} is not a bound.npz of `ddpm-jax eval bpd --out DIR` ({why}); "
+            "write one with that command (ddpm-jax never unpickles it)"
+        ) from None
 
 
 def summarize_bound(bound: Bound) -> dict:

@@ -53,7 +53,8 @@ class RunOptions:
     log_every: int = 50
 
     def __post_init__(self):
-        for name, lo in (("steps", 0), ("ckpt_every", 1), ("keep", 1), ("sample_every", 0), ("log_every", 1)):
+        # steps 0 would export an untrained model: refused, as `sample --steps 0` is.
+        for name, lo in (("steps", 1), ("ckpt_every", 1), ("keep", 1), ("sample_every", 0), ("log_every", 1)):
             check_int(name, getattr(self, name), lo, 10**9)
 
 

@@ -69,10 +69,14 @@ def run(args) -> int:
 
 
 def _bound_for(args):
+    from ..atomic import refuse_existing
     from ..checks import check_int
     from ..evaluation import compute_bound, eval_images, save_bound
 
     batch = check_int("--batch", args.batch, 1, 10**6)
+    if args.out:  # what this command would write: refused now, not after the work
+        names = ["bound.npz", *(["bpd.json", "bpd_terms.png"] if args.metric == "bpd" else ["rd.json", "rd.png"])]
+        refuse_existing([Path(args.out) / name for name in names])
     model = load_model(args.model, args.out, sharded=True)
     h, _, c = model.image_shape
     images = eval_images(args.data, h, c)
@@ -106,6 +110,10 @@ def run_rd(args) -> int:
     from ..evaluation import load_bound, rd_table, save_rd_report
     from ..likelihood import rate_distortion
 
+    if args.bound and args.out:
+        from ..atomic import refuse_existing
+
+        refuse_existing([Path(args.out) / "rd.json", Path(args.out) / "rd.png"])
     bound = load_bound(args.bound, "--bound") if args.bound else _bound_for(args)
     rd = rate_distortion(bound)
     rows = rd_table(rd)

@@ -77,5 +77,12 @@ def run(args) -> int:
         tcfg,
         f"; data parallel over {trainer.mesh.size} devices" if trainer.mesh is not None else "",
     )
+    if tcfg.batch_size > data.shape[0]:
+        logging.getLogger(__name__).warning(
+            "the batch (%d) is larger than the data (%d images): every batch repeats images "
+            "(uniform draws with replacement); fine for a tiny set, but check --data",
+            tcfg.batch_size,
+            data.shape[0],
+        )
     trainer.fit(args.out, options)
     return 0
