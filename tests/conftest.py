@@ -2,16 +2,17 @@
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import jax
 import pytest
 
-from ddpm_jax import Diffusion
+from ddpm_jax import Diffusion, cpu_flags
 from ddpm_jax.compile_cache import enable_compilation_cache
 from ddpm_jax.unet import init_params
 
-from .helpers import TINY_DIFFUSION, TINY_UNET
+from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION, TINY_UNET
 
 # Downloads, converted params and compiled programs of the tests stay out of
 # the user's cache (tests that need their own cache override this).
@@ -25,6 +26,27 @@ os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="ddpm_jax_test_gradio_")
 enable_compilation_cache()
 # This run's own folder, shared by the test processes of `pytest -n` (they inherit the variable).
 RUN_DIR = Path(os.environ.setdefault("DDPM_JAX_TEST_RUN_DIR", tempfile.mkdtemp(prefix="ddpm_jax_test_run_")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_compilation_cache_for_the_run(request):
+    """The commands that tests run in this process (`main([...])`) add the fast CPU path's XLA
+    flags to os.environ, too late to apply here. They are added once, the same way, before the
+    first test: this process still runs without them (the suite tests the library as a user who
+    never set them), and XLA_FLAGS, which JAX hashes into its persistent cache keys, keeps one
+    value for the whole run, so a program compiled before a command ran, after it, or by another
+    test process matches. (A process that a test starts gets the flags, as a command would.)
+
+    Under `pytest -n`, every test process soon needs the tiny UNet's Flax init (`tiny_params`,
+    or a test's own `init_params(TINY_UNET, ...)`: the same program), the slowest program of the
+    suite to compile: it is made first, by one process while the others wait (`params_once_per_run`),
+    instead of by all of them at once on the same cores."""
+    jax.devices()  # the backend starts, without the flags
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cpu_flags.use_cpu_flags()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        request.getfixturevalue("tiny_params")
 
 
 def params_once_per_run(name: str, make) -> dict:
@@ -44,23 +66,33 @@ def params_once_per_run(name: str, make) -> dict:
         return jax.tree.map(jax.numpy.asarray, unflatten_params(load_file(path)))
 
 
-@pytest.fixture(autouse=True)
-def _xla_flags_as_the_run_started():
-    """XLA_FLAGS back as it was after each test. A command run in this process (`main([...])`)
-    adds the fast CPU path's flags to os.environ, too late to apply here; and JAX's persistent
-    cache hashes XLA_FLAGS into its keys, so every test after it would miss the programs that
-    the other test processes compiled."""
-    before = os.environ.get("XLA_FLAGS")
-    yield
-    if before is None:
-        os.environ.pop("XLA_FLAGS", None)
-    else:
-        os.environ["XLA_FLAGS"] = before
-
-
 @pytest.fixture(scope="session")
 def tiny_params():
     return params_once_per_run("tiny_params", lambda: init_params(TINY_UNET, jax.random.key(1)))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits' training split at 8x8 on the device: what every training test trains on."""
+    from ddpm_jax.data import load_digits_images
+
+    return jax.numpy.asarray(load_digits_images(8))
+
+
+@pytest.fixture(scope="session")
+def mini_train_step(digits):
+    """`train.make_train_step(ONE_LEVEL_UNET, MINI_TRAIN)` (cached per config) compiled for `digits`:
+    the step of test_train.py, test_trainer.py and test_train_command.py. One test process of the
+    run compiles it; the others wait, then read it from the persistent compilation cache."""
+    from filelock import FileLock
+
+    from ddpm_jax.coefficients import make_coefficients
+    from ddpm_jax.train import init_state, make_train_step
+
+    step = make_train_step(ONE_LEVEL_UNET, MINI_TRAIN, None)  # as Trainer calls it: the same lru_cache entry
+    with FileLock(RUN_DIR / "mini_train_step.lock"):
+        jax.block_until_ready(step(init_state(ONE_LEVEL_UNET, MINI_TRAIN), digits, make_coefficients(TINY_DIFFUSION)))
+    return step
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +106,47 @@ def saved(tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("saved") / "tiny.safetensors"
     tiny_model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def on_four_devices(saved):
+    """part -> what `helpers.FOUR_DEVICE_SCRIPT` got for it ("samples", "bound") on 4 CPU devices,
+    from `saved` (the tiny model's params). The script runs once per run, in a process of its own
+    (XLA's device count is fixed when JAX starts); a test process that gets here second reads the
+    first's results. A part that failed fails the test that asks for it, with its traceback."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    from filelock import FileLock
+
+    from .helpers import FOUR_DEVICE_SCRIPT, FOUR_DEVICES, script_env
+
+    out = RUN_DIR / "four_devices.npz"
+    with FileLock(f"{out}.lock"):
+        if not out.exists():
+            env = script_env(XLA_FLAGS=FOUR_DEVICES, JAX_PLATFORMS="cpu")
+            env.pop("JAX_NUM_CPU_DEVICES", None)
+            proc = subprocess.run(
+                [sys.executable, "-c", FOUR_DEVICE_SCRIPT, str(saved), f"{out}.tmp.npz"],
+                env=env,
+                cwd=Path(__file__).parents[1],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            os.replace(f"{out}.tmp.npz", out)
+    with np.load(out) as f:
+        results = {k: f[k] for k in f.files}
+    errors = json.loads(str(results.pop("errors")))
+
+    def part(name: str) -> dict:
+        assert name not in errors, errors[name]
+        return {k.removeprefix(f"{name}."): v for k, v in results.items() if k.split(".")[0] == name}
+
+    return part
 
 
 @pytest.fixture

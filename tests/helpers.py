@@ -11,6 +11,7 @@ tables are each checked against a real PyTorch model.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 
@@ -77,6 +78,80 @@ def tiny_models(path):
     from ddpm_jax.demo.models import Models
 
     return Models({"tiny": (path, path), "broken": ("no_such_model", "ema_no_such_model")}, chunk_size=CHUNK)
+
+
+def script_env(**variables) -> dict[str, str]:
+    """The environment for a `python -c` script that a test starts: this one, `variables`, and
+    JAX's persistent compilation cache of the run (where `enable_compilation_cache` puts it), so
+    that the script reads what the tests compiled, and the tests what it compiled."""
+    from ddpm_jax.download import cache_dir
+
+    return {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir() / "jax_compilation_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        **variables,
+    }
+
+
+def four_images(seed) -> np.ndarray:
+    """4 uint8 images for the tiny model's bound, with pixels at both ends of the grid."""
+    images = np.random.default_rng(seed).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    images[0, :2] = 0
+    images[1, -2:] = 255
+    return images
+
+
+FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
+# Run as `python -c FOUR_DEVICE_SCRIPT saved.safetensors out.npz` with XLA_FLAGS=FOUR_DEVICES:
+# the tiny model on a mesh of 4 CPU devices, in one process for what test_scale_out.py (samples)
+# and test_likelihood.py (the bound) compare with one device. Each part's failure is kept, with
+# its traceback, for the test it concerns.
+FOUR_DEVICE_SCRIPT = """
+import json, sys, traceback
+import jax, numpy as np
+from ddpm_jax import Diffusion
+from ddpm_jax.sharding import data_mesh
+from tests.helpers import four_images
+
+saved, out = sys.argv[1:3]
+assert jax.device_count() == 4
+m = Diffusion.from_pretrained(saved, chunk_size=8, mesh=data_mesh())
+arrays, errors = {}, {}
+
+
+def samples():
+    x = m.denoise(8, n_steps=20, key=3)
+    assert len(x.sharding.device_set) == 4, x.sharding
+    x = m.denoise(8, x=x, curr_step=20, key=3)
+    try:
+        m.denoise(6, key=3)
+    except ValueError as err:
+        assert "multiple of 4" in str(err)
+    else:
+        raise AssertionError("a batch of 6 over 4 devices must be refused")
+    arrays["samples"] = np.asarray(x)
+
+
+def bound():
+    x = four_images(8)
+    b = m.bpd(x, key=1)
+    arrays.update({f"bound.{k}": np.asarray(v) for k, v in b._asdict().items()})
+    try:
+        m.bpd(x[:3], key=1)
+    except ValueError as err:
+        assert "multiple of 4" in str(err), err
+    else:
+        raise AssertionError("3 images over 4 devices must be refused")
+
+
+for part in (samples, bound):
+    try:
+        part()
+    except Exception:
+        errors[part.__name__] = traceback.format_exc()
+np.savez(out, errors=json.dumps(errors), **arrays)
+"""
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from ddpm_jax.ops import AUTO_MIN_CHANNELS, BF16_WINOGRAD, CPU_WINOGRAD, Ops, ch
 from ddpm_jax.unet import init_params, layout_params
 from ddpm_jax.weights import flatten_params
 
-from .helpers import CIFAR_SHAPED_UNET, TINY_DIFFUSION, TINY_UNET
+from .helpers import CIFAR_SHAPED_UNET, TINY_DIFFUSION, TINY_UNET, random_params
 
 PARITY_T = (0, 17, 500, 999)
 # The suite does not set the fast path's XLA flags; one test checks the warning.
@@ -101,7 +101,7 @@ def test_run_params_are_an_inference_layout_of_untouched_params(tiny_params):
         u, winograd.transform_kernel(np.asarray(plain["down_0/block_0/conv1/kernel"]), 4), rtol=1e-6
     )
     # with_params lays the new params out the same way.
-    other = init_params(TINY_UNET, jax.random.key(7))
+    other = random_params(TINY_UNET, seed=7)
     again = m.with_params(other)
     np.testing.assert_allclose(
         flatten_params(again.run_params)["mid/block_1/conv2/kernel"],
@@ -178,7 +178,10 @@ def test_mixed_bf16_casts_kernels_once_and_stays_near_float32():
         assert a.dtype == (jnp.bfloat16 if name.endswith("/kernel") else jnp.float32), name
     x = np.random.default_rng(0).standard_normal((2, *f32.image_shape)).astype(np.float32)
     t = np.array([17, 500], np.int32)
-    a, b = np.asarray(mixed.eps(x, t)), np.asarray(f32.eps(x, t))
+    # One image at a time: float32's program is then the one the test above compiled.
+    f_mixed, f_f32 = _eps_fn(mixed), _eps_fn(f32)
+    a = np.concatenate([np.asarray(f_mixed(mixed.run_params, x[i : i + 1], t[i : i + 1])) for i in range(2)])
+    b = np.concatenate([np.asarray(f_f32(f32.run_params, x[i : i + 1], t[i : i + 1])) for i in range(2)])
     assert a.dtype == np.float32 and 0 < np.abs(a - b).max() < 0.1 * np.abs(b).max()
     x0 = np.asarray(mixed.respaced(5, sampler="ddim").denoise(2, key=0))
     assert np.all(np.isfinite(x0)) and np.abs(x0).max() <= 1

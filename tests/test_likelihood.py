@@ -1,10 +1,5 @@
 """The variational bound in bits/dim against independent float64 numpy (the release's formulas)."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +17,8 @@ from ddpm_jax.likelihood import (
     vb_term_bpd,
 )
 from ddpm_jax.sampling import BOUND, per_sample_normal
+
+from .helpers import four_images
 
 LN2 = np.log(2.0)
 VAR_TYPES = ("fixedlarge", "fixedsmall")
@@ -185,13 +182,6 @@ def test_rate_distortion_is_the_cumulative_rate_and_the_rmse():
 # here uses batches of 4 or 1, so the bound compiles twice in all.
 
 
-def four_images(seed):
-    images = np.random.default_rng(seed).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
-    images[0, :2] = 0
-    images[1, -2:] = 255
-    return images
-
-
 def test_whole_bound_matches_a_float64_loop(tiny_model):
     """Every term of 4 images against a numpy loop over t with the same noise and the model's eps.
 
@@ -234,32 +224,13 @@ def test_an_image_has_the_same_bound_alone_or_in_a_batch(tiny_model):
     np.testing.assert_array_equal(as_float.terms, alone.terms)
 
 
-def test_four_devices_give_the_same_bound(tiny_model, saved, tmp_path):
-    images = four_images(8)
-    np.save(tmp_path / "x.npy", images)
-    script = textwrap.dedent(f"""
-        import jax, numpy as np
-        from ddpm_jax import Diffusion
-        from ddpm_jax.sharding import data_mesh
-        assert jax.device_count() == 4
-        m = Diffusion.from_pretrained({str(saved)!r}, chunk_size=8, mesh=data_mesh())
-        x = np.load({str(tmp_path / "x.npy")!r})
-        b = m.bpd(x, key=1)
-        np.savez({str(tmp_path / "four.npz")!r}, **b._asdict())
-        try:
-            m.bpd(x[:3], key=1)
-        except ValueError as err:
-            assert "multiple of 4" in str(err), err
-        else:
-            raise AssertionError("3 images over 4 devices must be refused")
-    """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one = tiny_model.bpd(images, key=1)  # the params `saved` holds
-    with np.load(tmp_path / "four.npz") as four:
-        for name in Bound._fields:
-            np.testing.assert_allclose(four[name], getattr(one, name), rtol=1e-5, atol=1e-6, err_msg=name)
+def test_four_devices_give_the_same_bound(tiny_model, on_four_devices):
+    """The bound of four_images(8) on a mesh of 4 devices (3 images refused there), see
+    helpers.FOUR_DEVICE_SCRIPT: run once for this and test_scale_out.py's samples."""
+    four = on_four_devices("bound")
+    one = tiny_model.bpd(four_images(8), key=1)  # the params `saved` holds
+    for name in Bound._fields:
+        np.testing.assert_allclose(four[name], getattr(one, name), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize(

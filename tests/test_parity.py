@@ -31,7 +31,7 @@ from ddpm_jax.config import UNET_PRESETS  # noqa: E402
 from ddpm_jax.convert.diffusers_format import diffusers_to_flax  # noqa: E402
 from ddpm_jax.convert.port import port_to_flax  # noqa: E402
 from ddpm_jax.sampling import DENOISE, initial_noise, per_sample_normal  # noqa: E402
-from ddpm_jax.weights import flatten_params  # noqa: E402
+from ddpm_jax.weights import flatten_params, unflatten_params  # noqa: E402
 
 from .helpers import CONVERT_UNET, RGB_UNET, diffusers_to_port, numpy_state_dict, random_diffusers_unet  # noqa: E402
 
@@ -50,7 +50,7 @@ def converted_both_ways(model, config):
     via_port = flatten_params(port_to_flax(diffusers_to_port(state, len(config.ch_mult)), config))
     assert direct.keys() == via_port.keys()
     assert all(np.array_equal(direct[k], via_port[k]) for k in direct)
-    return diffusers_to_flax(state, config)
+    return unflatten_params(direct)
 
 
 def inputs(config, timesteps, seed=0):

@@ -21,7 +21,7 @@ from ddpm_jax.convert.port import flax_to_port
 from ddpm_jax.convert.resolve import Source, load_pretrained, resolve
 from ddpm_jax.weights import flatten_params, load_weights, save_weights
 
-from .helpers import CONVERT_UNET, TINY_DIFFUSION, random_params
+from .helpers import CONVERT_UNET, TINY_DIFFUSION, random_params, script_env
 
 CORE = Path(ddpm_jax.__file__).parent
 FAR_SIDE = ("ddpm_jax.convert", "ddpm_jax.demo")
@@ -85,7 +85,9 @@ m.save(m.denoise(2, key=0), r"{tmp_path}/{{:02}}.png")
 m.save_pretrained(r"{tmp_path}/m.safetensors")
 print(sorted(k for k in sys.modules if k.startswith({FAR_SIDE!r})))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # With the run's compilation cache: the UNet's init (ONE_LEVEL_UNET's, in tests/helpers.py) is
+    # most likely compiled already.
+    out = subprocess.run([sys.executable, "-c", code], env=script_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
 

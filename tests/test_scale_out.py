@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_jax import Diffusion
-
-FOUR = "--xla_force_host_platform_device_count=4"
+from .helpers import FOUR_DEVICES, script_env
 
 
 def _env(xla_flags=""):
-    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
+    env = script_env(XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
     env.pop("JAX_NUM_CPU_DEVICES", None)
     return env
 
@@ -45,28 +43,16 @@ def _pngs(folder, n):
     return np.stack([np.asarray(Image.open(folder / f"{i:05}.png"), np.int16) for i in range(n)])
 
 
-def test_mesh_of_four_devices_gives_the_same_samples(saved, tmp_path):
-    script = textwrap.dedent(f"""
-        import jax, numpy as np
-        from ddpm_jax import Diffusion
-        from ddpm_jax.sharding import data_mesh
-        assert jax.device_count() == 4
-        m = Diffusion.from_pretrained({str(saved)!r}, chunk_size=8, mesh=data_mesh())
-        x = m.denoise(8, n_steps=20, key=3)
-        assert len(x.sharding.device_set) == 4, x.sharding
-        x = m.denoise(8, x=x, curr_step=20, key=3)
-        try:
-            m.denoise(6, key=3)
-        except ValueError as err:
-            assert "multiple of 4" in str(err)
-        else:
-            raise AssertionError("a batch of 6 over 4 devices must be refused")
-        np.save({str(tmp_path / "four.npy")!r}, np.asarray(x))
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one = np.asarray(Diffusion.from_pretrained(saved, chunk_size=8).denoise(8, key=3))
-    np.testing.assert_allclose(np.load(tmp_path / "four.npy"), one, atol=1e-5)
+def test_mesh_of_four_devices_gives_the_same_samples(tiny_model, on_four_devices):
+    """8 samples on a mesh of 4 devices, the chain split and resumed (a batch of 6 refused there),
+    see helpers.FOUR_DEVICE_SCRIPT: run once for this and test_likelihood.py's bound."""
+    four = on_four_devices("samples")["samples"]
+    # One device, the params `saved` holds: the same 8 samples in batches of 3, 3, 1 and 1 (any
+    # batch gives the same samples: tests/sampler_contract.py), whose programs the contract compiled.
+    one = np.concatenate(
+        [np.asarray(tiny_model.denoise(n, key=3, first_index=i)) for i, n in ((0, 3), (3, 3), (6, 1), (7, 1))]
+    )
+    np.testing.assert_allclose(four, one, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -75,7 +61,7 @@ def test_cli_over_devices_and_processes_writes_the_same_images(saved, tmp_path):
     single = _cli([*common, "--batch", "7", "--out", str(tmp_path / "one")])
     _wait(single)
     # 4 devices, batches of 3 (padded to 4 on the devices, extras dropped).
-    _wait(_cli([*common, "--batch", "3", "--out", str(tmp_path / "four")], FOUR))
+    _wait(_cli([*common, "--batch", "3", "--out", str(tmp_path / "four")], FOUR_DEVICES))
     # Two processes over loopback, one device each, sharing the output folder.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -151,7 +137,7 @@ def test_data_parallel_training_on_four_devices_matches_one(tmp_path):
     """)
     proc = subprocess.run(
         [sys.executable, "-c", script],
-        env=_env(FOUR),
+        env=_env(FOUR_DEVICES),
         capture_output=True,
         text=True,
         timeout=300,
@@ -183,6 +169,8 @@ def test_inpainting_and_interpolation_on_four_devices_match_one(saved):
             np.testing.assert_allclose(four, one, atol=1e-5)
         print("max difference", max(np.abs(a - b).max() for a, b in zip(*runs)))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], env=_env(FOUR), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=_env(FOUR_DEVICES), capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max difference" in proc.stdout

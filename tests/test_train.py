@@ -23,6 +23,12 @@ from ddpm_jax.unet import UNet
 from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION
 
 
+@pytest.fixture(scope="module")
+def state0():
+    """A fresh TrainState (its params are Flax's init: compiled once for the module)."""
+    return init_state(ONE_LEVEL_UNET, MINI_TRAIN)
+
+
 @pytest.mark.slow
 def test_a_few_hundred_steps_lower_the_loss():
     data = jnp.asarray(load_digits_images(8))
@@ -47,13 +53,14 @@ def test_ema_update_matches_its_formula():
     np.testing.assert_allclose(out["b"]["c"], 0.9 * 3.0, rtol=1e-6)
 
 
-def test_train_step_updates_ema_from_new_params():
-    data = jnp.asarray(load_digits_images(8))
+def test_train_step_updates_ema_from_new_params(state0, digits, mini_train_step):
+    """`mini_train_step`: make_train_step(ONE_LEVEL_UNET, MINI_TRAIN), compiled once per run."""
     coeffs = make_coefficients(TINY_DIFFUSION)
-    s0 = init_state(ONE_LEVEL_UNET, MINI_TRAIN)
-    s1, _ = make_train_step(ONE_LEVEL_UNET, MINI_TRAIN)(s0, data, coeffs)
+    s0 = state0
+    s1, _ = mini_train_step(s0, digits, coeffs)
     d = MINI_TRAIN.ema_decay
-    want = jax.tree.map(lambda e, p: d * e + (1 - d) * p, s0.ema_params, s1.params)
+    # float32 numpy, op by op as JAX would run it eagerly (without compiling each op for each shape)
+    want = jax.tree.map(lambda e, p: d * np.asarray(e) + (1 - d) * np.asarray(p), s0.ema_params, s1.params)
     for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(s1.ema_params)):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
     assert not np.array_equal(np.asarray(s1.key), np.asarray(s0.key))
@@ -82,28 +89,33 @@ def test_warmup_is_linear_then_flat_and_grads_are_clipped():
     np.testing.assert_allclose(st[1][0].mu["w"], 0.1 * np.array([0.6, -0.8, 0.0]), rtol=1e-5)
 
 
-def test_loss_is_the_eps_mse_at_uniform_t():
+def test_loss_is_the_eps_mse_at_uniform_t(state0, digits):
     coeffs = make_coefficients(TINY_DIFFUSION)
     model = UNet(ONE_LEVEL_UNET)
-    params = init_state(ONE_LEVEL_UNET, MINI_TRAIN).params
-    x0 = jnp.asarray(load_digits_images(8)[:4])
+    params = state0.params
+    x0 = digits[:4]
     key = jax.random.key(3)
     loss = jax.jit(lambda p: diffusion_loss(p, model, x0, key, coeffs, train=False))(params)
-    t_key, noise_key, _ = jax.random.split(key, 3)
-    t = jax.random.randint(t_key, (4,), 0, coeffs.num_timesteps, dtype=jnp.int32)
-    noise = jax.random.normal(noise_key, x0.shape)
-    abar = coeffs.alphas_cumprod[t][:, None, None, None]
-    x_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * noise
-    eps = jax.jit(model.apply)({"params": params}, x_t, t)
-    assert float(loss) == pytest.approx(float(jnp.mean((noise - eps) ** 2)), rel=1e-5)
+
+    @jax.jit  # one program, not each op compiled on its own
+    def by_hand(params):
+        t_key, noise_key, _ = jax.random.split(key, 3)
+        t = jax.random.randint(t_key, (4,), 0, coeffs.num_timesteps, dtype=jnp.int32)
+        noise = jax.random.normal(noise_key, x0.shape)
+        abar = coeffs.alphas_cumprod[t][:, None, None, None]
+        x_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * noise
+        eps = model.apply({"params": params}, x_t, t)
+        return jnp.mean((noise - eps) ** 2)
+
+    assert float(loss) == pytest.approx(float(by_hand(params)), rel=1e-5)
 
 
 def test_sample_batch_draws_from_data_and_flips():
     data = jnp.arange(4 * 2 * 3 * 1, dtype=jnp.float32).reshape(4, 2, 3, 1)
-    plain = sample_batch(data, jax.random.key(0), 64, random_flip=False)
-    rows = {tuple(np.asarray(x).ravel()) for x in plain}
-    assert rows <= {tuple(np.asarray(x).ravel()) for x in data}
-    flipped = sample_batch(data, jax.random.key(0), 64, random_flip=True)
-    mirrored = {tuple(np.asarray(x[:, ::-1]).ravel()) for x in data}
-    got = {tuple(np.asarray(x).ravel()) for x in flipped}
+    plain = np.asarray(sample_batch(data, jax.random.key(0), 64, random_flip=False))
+    rows = {tuple(x.ravel()) for x in plain}
+    assert rows <= {tuple(x.ravel()) for x in np.asarray(data)}
+    flipped = np.asarray(sample_batch(data, jax.random.key(0), 64, random_flip=True))
+    mirrored = {tuple(x[:, ::-1].ravel()) for x in np.asarray(data)}
+    got = {tuple(x.ravel()) for x in flipped}
     assert got & mirrored and got - mirrored

@@ -10,11 +10,13 @@ from ddpm_jax.cli import main
 from ddpm_jax.pipeline import Diffusion
 from ddpm_jax.weights import flatten_params, load_weights
 
-from .helpers import ONE_LEVEL_UNET, TINY_DIFFUSION
+from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION
 
 
 @pytest.fixture(autouse=True)
-def mini_preset(monkeypatch):
+def mini_preset(monkeypatch, mini_train_step):
+    """The "mini" preset; with `_train`'s flags its TrainConfig is MINI_TRAIN, so that the
+    command's step is `mini_train_step`, compiled once per run."""
     monkeypatch.setitem(config.UNET_PRESETS, "mini", ONE_LEVEL_UNET)
     monkeypatch.setitem(config.DIFFUSION_PRESETS, "mini", TINY_DIFFUSION)
 
@@ -30,13 +32,14 @@ def _train(out, steps, *extra):
             "--steps",
             str(steps),
             "--batch",
-            "8",
+            str(MINI_TRAIN.batch_size),
             "--lr",
-            "1e-3",
+            str(MINI_TRAIN.learning_rate),
             "--warmup",
-            "2",
+            str(MINI_TRAIN.warmup_steps),
             "--ema-decay",
-            "0.9",
+            str(MINI_TRAIN.ema_decay),
+            "--no-flip" if not MINI_TRAIN.random_flip else "--flip",
             "--out",
             str(out),
             "--ckpt-every",

@@ -3,6 +3,7 @@ never repeats a step after a resume, bad settings are refused before training.""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -11,7 +12,6 @@ import pytest
 import ddpm_jax.sampling
 import ddpm_jax.trainer as trainer_mod
 from ddpm_jax.cli import main
-from ddpm_jax.data import load_digits_images
 from ddpm_jax.train import TrainConfig
 from ddpm_jax.trainer import RunOptions, Trainer, open_run
 
@@ -19,23 +19,27 @@ from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION
 
 
 @pytest.fixture(scope="module")
-def data():
-    return load_digits_images(8)[:64]
+def data(digits, mini_train_step):
+    """The digits, for which the step of these tests (`mini_train_step`) is compiled once per run."""
+    return digits
 
 
 def test_previews_reuse_one_compiled_sampler(data, monkeypatch):
     traces = []
     real = ddpm_jax.sampling.denoise_chunk
 
-    def counting(*a, **k):  # called once per trace of the jitted chunk
+    # Called once per trace of the jitted chunk. Under the real one's name, and with previews of
+    # the size `fit` makes, its program is the one test_train_command.py's previews compile.
+    @functools.wraps(real)
+    def counting(*a, **k):
         traces.append(1)
         return real(*a, **k)
 
     monkeypatch.setattr("ddpm_jax.pipeline.denoise_chunk", counting)
     t = Trainer(data, unet_config=ONE_LEVEL_UNET, diffusion_config=TINY_DIFFUSION, train_config=MINI_TRAIN)
-    first = np.asarray(t.preview(4))
+    first = np.asarray(t.preview())
     t.train(3)
-    second = np.asarray(t.preview(4))
+    second = np.asarray(t.preview())
     assert len(traces) == 1  # a new Diffusion per preview traced (and compiled) again
     assert not np.array_equal(first, second)  # the new EMA params were used
     assert t.step == 3
