@@ -386,3 +386,16 @@ def random_inception_state(seed: int = 0) -> dict:
             elif name.endswith("running_var"):
                 b.uniform_(0.5, 1.5)
     return net.state_dict()
+
+
+def inpaint_inputs(folder, keep_columns: int = 5) -> tuple[str, str]:
+    """A random 8x8 grayscale picture and a mask that keeps its left `keep_columns` (white),
+    saved as PNGs in `folder`: the files `ddpm-jax inpaint --image/--mask` read."""
+    from PIL import Image
+
+    picture, mask = folder / "in.png", folder / "mask.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), np.uint8)).save(picture)
+    pixels = np.zeros((8, 8), np.uint8)
+    pixels[:, :keep_columns] = 255
+    Image.fromarray(pixels).save(mask)
+    return str(picture), str(mask)

@@ -16,7 +16,7 @@ from ddpm_jax.coefficients import coefficients_float64, make_coefficients
 from ddpm_jax.diffusion import denoising_step
 from ddpm_jax.inpainting import FORWARD, REVERSE, jump_schedule, repaint_step
 
-from .helpers import RGB_UNET, TINY_DIFFUSION, numpy_state_dict, random_diffusers_unet
+from .helpers import RGB_UNET, TINY_DIFFUSION, inpaint_inputs, numpy_state_dict, random_diffusers_unet
 
 log = logging.getLogger(__name__)
 # A short schedule with jumps: 10 steps, jumps of 3 at t = 0, 3, 6, twice each.
@@ -203,17 +203,8 @@ def test_chain_matches_diffusers_repaint_scheduler(monkeypatch):
     assert np.abs(theirs[np.broadcast_to(mask, theirs.shape) == 0]).max() > 0.5  # a real fill, not zeros
 
 
-def _png(path, array):
-    Image.fromarray(array).save(path)
-    return str(path)
-
-
 def test_inpaint_cli_writes_completions_and_a_grid(saved, tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    picture = _png(tmp_path / "in.png", rng.integers(0, 256, (8, 8), np.uint8))
-    mask_pixels = np.zeros((8, 8), np.uint8)
-    mask_pixels[:, :5] = 255  # white keeps the left 5 columns
-    mask = _png(tmp_path / "mask.png", mask_pixels)
+    picture, mask = inpaint_inputs(tmp_path, keep_columns=5)  # white keeps the left 5 columns
     out = tmp_path / "out"
     args = [
         "inpaint",

@@ -10,15 +10,13 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from ddpm_jax import config
 from ddpm_jax.cli import main
 from ddpm_jax.folder_lock import LOCK_NAME, folder_lock
 
-from .helpers import ONE_LEVEL_UNET, TINY_DIFFUSION
+from .helpers import ONE_LEVEL_UNET, TINY_DIFFUSION, inpaint_inputs
 
 
 @pytest.fixture
@@ -72,17 +70,8 @@ def test_a_second_training_run_into_a_folder_in_use_is_refused(tmp_path, live_pr
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # no checkpoint, no log
 
 
-def _png(path, array):
-    Image.fromarray(array).save(path)
-    return str(path)
-
-
 def test_inpaint_and_interpolate_replace_no_file(saved, tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    picture = _png(tmp_path / "in.png", rng.integers(0, 256, (8, 8), np.uint8))
-    mask = np.zeros((8, 8), np.uint8)
-    mask[:, :4] = 255
-    mask = _png(tmp_path / "mask.png", mask)
+    picture, mask = inpaint_inputs(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     mine = out / "001.png"
