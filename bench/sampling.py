@@ -15,7 +15,9 @@ Winograd convolutions where they win, `ddpm_jax.cpu_flags`), jax_fast_noflags
 (the same without the flags: what they add), jax_mixed_bf16
 and jax_bf16 (the `precision` options), torch, torch_compile, torch_bf16
 and torch_compile_bf16 (bfloat16: weights cast on the CPU as PyTorch users
-do there, autocast on a GPU).
+do there, autocast on a GPU), onnxruntime and openvino (the same diffusers
+UNet exported with `torch.onnx.export`, checked against PyTorch's output
+before it is timed; `pip install -e '.[bench]'`).
 
     python bench/sampling.py                       # cifar10 batch 1/8/32 + lsun 1, float32; bf16 at batch 1/8
     python bench/sampling.py --quick               # cifar10 batch 1: jax_fast vs torch eager
@@ -43,10 +45,10 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Variant:
-    framework: str  # "jax" or "torch"
+    framework: str  # "jax", "torch", or an engine running diffusers' UNet from ONNX (`EngineRunner`)
     precision: str  # float32, bfloat16 or (jax) mixed_bf16
     conv: str = "auto"  # jax: Diffusion(conv=...)
-    fast_flags: bool = True  # jax: ddpm_jax.cpu_flags.use_cpu_flags() before JAX starts
+    fast_flags: bool = True  # jax: the XLA flags `import ddpm_jax` sets (False: DDPM_JAX_CPU_FLAGS=0)
     compiled: bool = False  # torch: torch.compile
 
 
@@ -60,13 +62,16 @@ VARIANTS = {
     "torch_compile": Variant("torch", "float32", compiled=True),
     "torch_bf16": Variant("torch", "bfloat16"),
     "torch_compile_bf16": Variant("torch", "bfloat16", compiled=True),
+    "onnxruntime": Variant("onnxruntime", "float32"),
+    "openvino": Variant("openvino", "float32"),
 }
-DEFAULT_VARIANTS = "jax_xla,jax_fast,jax_mixed_bf16,torch,torch_compile,torch_bf16"
+DEFAULT_VARIANTS = "jax_xla,jax_fast,jax_mixed_bf16,torch,torch_compile,onnxruntime,openvino,torch_bf16"
 # Which peer each of ours is compared with, and in which ratio column.
+FLOAT32_PEERS = ("torch", "torch_compile", "onnxruntime", "openvino")
 PEERS = {
-    "jax_fast": ("torch", "torch_compile"),
-    "jax_xla": ("torch", "torch_compile"),
-    "jax_fast_noflags": ("torch", "torch_compile"),
+    "jax_fast": FLOAT32_PEERS,
+    "jax_xla": FLOAT32_PEERS,
+    "jax_fast_noflags": FLOAT32_PEERS,
     "jax_mixed_bf16": ("torch_bf16", "torch_compile_bf16"),
     "jax_bf16": ("torch_bf16", "torch_compile_bf16"),
 }
@@ -192,8 +197,10 @@ class JaxRunner:
         # The UNet's FLOPs as written (direct convolutions), whatever path runs it.
         t = jnp.full((n,), T - 1, jnp.int32)
         cost = jax.jit(UNet(m.unet_config).apply).lower({"params": m.params}, x, t).cost_analysis() or {}
+        # The FLOPs of the program that runs (Winograd where it does): over the peak, the step's floor.
+        ran = jax.jit(lambda p, x, t: m.eps(x, t, params=p)).lower(m.run_params, x, t).cost_analysis() or {}
         null_s = _timed(lambda: jax.block_until_ready(null(*null_args)), reps)
-        return chunk, dict(flops=cost.get("flops"), sampler_s=[s / steps for s in null_s])
+        return chunk, dict(flops=cost.get("flops"), run_flops=ran.get("flops"), sampler_s=[s / steps for s in null_s])
 
     def chain(self, weights, n):
         import numpy as np
@@ -273,11 +280,93 @@ class TorchRunner:
             yield out.cpu().numpy().transpose(0, 2, 3, 1)
 
 
-def _diffusers_unet(weights, device, variant: Variant | None = None):
-    """(DiffusionConfig, UNetConfig, eps(x NCHW float32, t) -> float32) of diffusers'
-    UNet2DModel on `weights`: in the variant's precision (bfloat16 weights and
-    inputs on the CPU, autocast on a GPU; torch.compile'd when asked), or in
-    float64 when `variant` is None (the parity reference)."""
+class EngineRunner(TorchRunner):
+    """diffusers' UNet2DModel exported with `torch.onnx.export` and run by ONNX Runtime or
+    OpenVINO (float32, on the CPU), in TorchRunner's scheduler loop; the engine's eps is checked
+    against PyTorch's before anything is timed."""
+
+    def __init__(self, variant, device):
+        if device != "cpu":
+            raise ValueError(f"{variant.framework} runs here on the CPU only")
+        super().__init__(variant, device)
+        import importlib.metadata
+
+        self.device = f"cpu: {variant.framework} {importlib.metadata.version(variant.framework)}"
+
+    def _load(self, weights):
+        import numpy as np
+        import torch
+
+        dcfg, ucfg, unet = diffusers_module(weights)
+
+        class SampleOnly(torch.nn.Module):
+            """The UNet returning its output tensor (ONNX exports tensors, not diffusers' dataclass)."""
+
+            def __init__(self):
+                super().__init__()
+                self.unet = unet
+
+            def forward(self, x, t):
+                return self.unet(x, t).sample
+
+        gen = torch.Generator().manual_seed(0)
+        x, t = torch.randn(2, ucfg.in_channels, ucfg.resolution, ucfg.resolution, generator=gen), torch.tensor([3, 500])
+        path = Path(tempfile.mkdtemp()) / "unet.onnx"
+        torch.onnx.export(
+            SampleOnly().eval(),  # (a new Module trains; export would restore that mode, dropout on)
+            (x, t),
+            path,
+            input_names=["x", "t"],
+            output_names=["eps"],
+            dynamic_axes={"x": {0: "n"}, "t": {0: "n"}, "eps": {0: "n"}},
+            dynamo=False,  # the TorchScript exporter: one graph, no onnxscript rewrites
+        )
+        run = (_onnxruntime if self.variant.framework == "onnxruntime" else _openvino)(path)
+        with torch.inference_mode():
+            diff = float(np.abs(run(x.numpy(), t.numpy()) - unet(x, t).sample.numpy()).max())
+        if not diff < 1e-4:
+            raise RuntimeError(f"{self.variant.framework}'s eps is {diff:.2e} from PyTorch's; not timed")
+
+        def eps(x, t):
+            t = t.expand(x.shape[0]) if t.ndim == 0 else t  # the scheduler passes one t for the batch
+            return torch.from_numpy(run(x.numpy(), t.numpy().astype(np.int64)))
+
+        return dcfg, ucfg, eps
+
+
+RUNNERS = {"jax": JaxRunner, "torch": TorchRunner}
+
+
+def _onnxruntime(path):
+    """run(x, t) -> eps of an ONNX Runtime session on the CPU, one intra-op thread per CPU we have."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x, t: session.run(None, {"x": x, "t": t})[0]
+
+
+def _openvino(path):
+    """run(x, t) -> eps of OpenVINO on the CPU, float32 (its default on CPUs with bfloat16 or AMX is
+    bfloat16), compiled once per input shape."""
+    import openvino as ov
+
+    core, compiled = ov.Core(), {}
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": len(os.sched_getaffinity(0))}
+
+    def run(x, t):
+        if x.shape not in compiled:
+            model = core.read_model(str(path))
+            model.reshape({"x": list(x.shape), "t": [x.shape[0]]})
+            compiled[x.shape] = core.compile_model(model, "CPU", config)
+        return compiled[x.shape]({"x": x, "t": t})[0]
+
+    return run
+
+
+def diffusers_module(weights):
+    """(DiffusionConfig, UNetConfig, diffusers' UNet2DModel holding `weights`, float32, eval mode)."""
     import numpy as np
     import torch
     from diffusers import UNet2DModel
@@ -290,7 +379,18 @@ def _diffusers_unet(weights, device, variant: Variant | None = None):
     unet = UNet2DModel(**unet_config_to_diffusers(ucfg))
     state = from_flax(flatten_params(params), key_table(DIFFUSERS_TABLE, ucfg))
     unet.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
-    unet = unet.eval().to(device)
+    return dcfg, ucfg, unet.eval()
+
+
+def _diffusers_unet(weights, device, variant: Variant | None = None):
+    """(DiffusionConfig, UNetConfig, eps(x NCHW float32, t) -> float32) of diffusers'
+    UNet2DModel on `weights`: in the variant's precision (bfloat16 weights and
+    inputs on the CPU, autocast on a GPU; torch.compile'd when asked), or in
+    float64 when `variant` is None (the parity reference)."""
+    import torch
+
+    dcfg, ucfg, unet = diffusers_module(weights)
+    unet = unet.to(device)
     if variant is None:
         unet = unet.double()
         return dcfg, ucfg, lambda x, t: unet(x.double(), t).sample
@@ -338,11 +438,7 @@ def worker_variant(args, plan):
     times (re-timed while the spread or the load is high), whole chains,
     and eps on the parity inputs against the reference's."""
     variant = VARIANTS[plan["variant"]]
-    if variant.framework == "jax" and variant.fast_flags:
-        from ddpm_jax.cpu_flags import use_cpu_flags
-
-        use_cpu_flags()  # before JAX starts its backend
-    runner = (JaxRunner if variant.framework == "jax" else TorchRunner)(variant, args.device)
+    runner = RUNNERS.get(variant.framework, EngineRunner)(variant, args.device)
     out = dict(device=runner.device, runs=[], chains=[], skipped=[])
     for preset, n in plan["steps"]:
         if time.time() > plan["deadline"]:
@@ -457,6 +553,8 @@ def spawn(worker, plan, args):
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # jax and torch take the GPU in turn
     env["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
+    if "variant" in plan and not VARIANTS[plan["variant"]].fast_flags:
+        env["DDPM_JAX_CPU_FLAGS"] = "0"  # `import ddpm_jax` would set them (ddpm_jax.cpu_flags)
     preexec = (lambda: os.sched_setaffinity(0, range(args.cpus))) if args.cpus else None
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=preexec)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -475,7 +573,7 @@ def make_weights(preset, folder):
     ucfg = UNetConfig(**TINY) if preset == "tiny" else UNET_PRESETS[preset]
     dcfg = DiffusionConfig(num_diffusion_timesteps=TINY_T) if preset == "tiny" else DIFFUSION_PRESETS[preset]
     path = Path(folder) / f"{preset}.safetensors"
-    save_weights(path, init_params(ucfg, jax.random.key(0)), dcfg, ucfg)
+    save_weights(path, init_params(ucfg, jax.random.key(0)), diffusion_config=dcfg, unet_config=ucfg)
     return str(path)
 
 
@@ -632,11 +730,12 @@ def print_table(results):
     if peak:
         print(
             f"measured under XLA: f32 matmul {m['matmul_gflops']:.0f} GFLOP/s, 3x3 conv {m['conv_gflops']:.0f} "
-            "GFLOP/s; % peak: the UNet's FLOPs as written per step time over the better of the two"
+            "GFLOP/s; % peak: the UNet's FLOPs as written per step time over the better of the two; "
+            "% floor: the FLOPs of the program that runs (Winograd's) at that peak, over the step time"
         )
     head = (
         f"{'preset':8} {'batch':>5} {'variant':18} {'ms/step':>9} {'spread':>6} {'compile s':>9} "
-        f"{'RSS MB':>7} {'dev MB':>7} {'% peak':>7} {'sampler':>8}"
+        f"{'RSS MB':>7} {'dev MB':>7} {'% peak':>7} {'% floor':>7} {'sampler':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -644,12 +743,13 @@ def print_table(results):
     for r in results["runs"]:
         step = statistics.median(r["step_s"])
         frac = f"{100 * r['flops'] / step / 1e9 / peak:6.0f}%" if r.get("flops") and peak else ""
+        floor = f"{100 * r['run_flops'] / step / 1e9 / peak:6.0f}%" if r.get("run_flops") and peak else ""
         overhead = f"{100 * statistics.median(r['sampler_s']) / step:7.2f}%" if r.get("sampler_s") else ""
         cs, dev = r.get("compile_s"), r.get("device_peak_mb")
         print(
             f"{r['preset']:8} {r['batch']:5d} {r['variant']:18} {fmt_ms(step)} {_spread(r['step_s']):6.0%} "
             f"{(f'{cs:9.1f}' if cs is not None else '        -')} {r['peak_rss_mb']:7.0f} "
-            f"{(f'{dev:7.0f}' if dev is not None else '      -')} {frac:>7} {overhead:>8}"
+            f"{(f'{dev:7.0f}' if dev is not None else '      -')} {frac:>7} {floor:>7} {overhead:>8}"
         )
         by_case.setdefault((r["preset"], r["batch"]), {})[r["variant"]] = step
     print("\nratios (peer time / our time; > 1 means ddpm_jax is faster):")

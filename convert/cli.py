@@ -61,7 +61,16 @@ def run(args) -> int:
     source = resolve(args.src)
     check_destination(dst, source_files(source))
     if args.to_torch:
-        _, ucfg, params = load(source)
+        dcfg, ucfg, params = load(source)
+        if dcfg.prediction_type != "eps":
+            raise ValueError(
+                f"{args.src} predicts {dcfg.prediction_type!r}, but the port's state_dict has no config and is read "
+                "as eps; keep it as ddpm_jax params (or a diffusers folder, whose scheduler config records it)"
+            )
+        if dcfg.distilled_steps is not None:
+            log.warning(
+                "the port's state_dict does not record that %s samples in %d steps", args.src, dcfg.distilled_steps
+            )
         save_torch_state_dict(flax_to_port(params, ucfg), dst)
     else:
         # A released name goes through the cache (fetched and converted once).

@@ -3,8 +3,9 @@
 A diffusers model folder holds `config.json`, `diffusion_pytorch_model.safetensors`
 or `.bin` and, beside it or in `../scheduler/`, `scheduler_config.json`. Only
 the release's architecture is accepted: any option that would change the
-network or the process (another block type, embedding, norm, prediction) is
-rejected by name rather than silently dropped.
+network or the process (another block type, embedding, norm, beta schedule)
+is rejected by name rather than silently dropped. The scheduler's
+`prediction_type` maps to ours (`epsilon`, `v_prediction`, `sample`).
 """
 
 from __future__ import annotations
@@ -243,6 +244,7 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict:
 
 _VARIANCE = {"fixed_large": "fixedlarge", "fixed_small": "fixedsmall"}
 _BETAS = {"linear": "linear", "scaled_linear": "quad"}  # scaled_linear is linspace(sqrt) ** 2
+_PREDICTION = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
 
 def diffusion_config_from_diffusers(cfg: dict, source: str = "scheduler_config.json") -> DiffusionConfig:
@@ -254,13 +256,16 @@ def diffusion_config_from_diffusers(cfg: dict, source: str = "scheduler_config.j
         bad.append(f"_class_name={cfg['_class_name']!r} (need 'DDPMScheduler')")
     schedule = cfg.get("beta_schedule", "linear")
     variance = cfg.get("variance_type", "fixed_small")
-    if not isinstance(schedule, str) or schedule not in _BETAS:
-        bad.append(f"beta_schedule={schedule!r} (need one of {sorted(_BETAS)})")
-    if not isinstance(variance, str) or variance not in _VARIANCE:
-        bad.append(f"variance_type={variance!r} (need one of {sorted(_VARIANCE)})")
+    prediction = cfg.get("prediction_type", "epsilon")
+    for key, value, valid in (
+        ("beta_schedule", schedule, _BETAS),
+        ("variance_type", variance, _VARIANCE),
+        ("prediction_type", prediction, _PREDICTION),
+    ):
+        if not isinstance(value, str) or value not in valid:
+            bad.append(f"{key}={value!r} (need one of {sorted(valid)})")
     for key, default, need in (
         ("trained_betas", None, None),
-        ("prediction_type", "epsilon", "epsilon"),
         ("thresholding", False, False),
         ("rescale_betas_zero_snr", False, False),
         ("clip_sample_range", 1.0, 1.0),
@@ -279,6 +284,26 @@ def diffusion_config_from_diffusers(cfg: dict, source: str = "scheduler_config.j
         beta_end=cfg.get("beta_end", 0.02),
         num_diffusion_timesteps=cfg.get("num_train_timesteps", 1000),
         model_var_type=_VARIANCE[variance],
+        prediction_type=_PREDICTION[prediction],
+    )
+
+
+def diffusion_config_to_diffusers(config: DiffusionConfig) -> dict:
+    """Our DiffusionConfig -> DDPMScheduler keyword arguments (the inverse of the above), for
+    `scheduler_config.json`. Only the linear and quad schedules have a diffusers name."""
+    betas = {ours: theirs for theirs, ours in _BETAS.items()}
+    if config.beta_schedule not in betas:
+        raise ValueError(
+            f"beta schedule {config.beta_schedule!r} has no DDPMScheduler form; diffusers names {sorted(betas)}"
+        )
+    return dict(
+        num_train_timesteps=config.num_diffusion_timesteps,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        beta_schedule=betas[config.beta_schedule],
+        variance_type={ours: theirs for theirs, ours in _VARIANCE.items()}[config.model_var_type],
+        prediction_type={ours: theirs for theirs, ours in _PREDICTION.items()}[config.prediction_type],
+        clip_sample=True,
     )
 
 

@@ -1,5 +1,5 @@
 """Every quantity derived from the betas (paper eqs. 4, 7, 15; docs/reference.md §1),
-computed once in float64.
+computed once in float64, and what the model's output means (its prediction type).
 
 `Coefficients` is a frozen pytree of float32 arrays of length T, so it can be
 passed to jitted functions as an argument rather than baked in as constants.
@@ -11,7 +11,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .config import DiffusionConfig
@@ -56,6 +55,16 @@ class Coefficients:
     # the t = 1 one, so every log is finite (bits/dim only, never sampling).
     posterior_log_variance_clipped: jax.Array  # log beta tilde, eq. (7)
     model_log_variance_clipped: jax.Array  # log sigma_t^2 of p(x_{t-1} | x_t) in the bound
+    # The network's output o at x_t, read by the config's prediction type
+    # (`_prediction_tables`): eps = eps_from_output o + eps_from_x x_t,
+    # x_0 = x0_from_output o + x0_from_x x_t; its training target is
+    # target_from_eps eps + target_from_x0 x_0.
+    eps_from_output: jax.Array
+    eps_from_x: jax.Array
+    x0_from_output: jax.Array
+    x0_from_x: jax.Array
+    target_from_eps: jax.Array
+    target_from_x0: jax.Array
 
     @property
     def num_timesteps(self) -> int:
@@ -85,7 +94,19 @@ def linspace_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
     return np.linspace(0, num_timesteps - 1, steps + 1).round()[1:].astype(np.int64)
 
 
-SPACINGS = {"even": respaced_timesteps, "linspace": linspace_timesteps}
+def trailing_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
+    """`steps` model timesteps round((i + 1) T / S) - 1, ascending: diffusers' "trailing" spacing.
+
+    The grid t = i/S of Salimans & Ho 2022 (Alg. 2) on the T-step process: T-1 is in and the
+    last step goes from about T/S - 1 to x_0. Halving S keeps every other timestep (the odd
+    chain indices), so a chain of S/2 steps lies on the chain of S: what distillation needs.
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps={steps} is out of range; expected 1 <= steps <= {num_timesteps}")
+    return np.round(np.arange(1, steps + 1) * num_timesteps / steps).astype(np.int64) - 1
+
+
+SPACINGS = {"even": respaced_timesteps, "linspace": linspace_timesteps, "trailing": trailing_timesteps}
 
 
 def _dpm_solver_tables(abar: np.ndarray, abar_prev: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,14 +132,36 @@ def _dpm_solver_tables(abar: np.ndarray, abar_prev: np.ndarray) -> dict[str, np.
     )
 
 
+def _prediction_tables(prediction_type: str, abar: np.ndarray, recip: np.ndarray, recipm1: np.ndarray):
+    """The network's output o as (eps, x_0), and the o it is trained to give, per step.
+
+    With alpha = sqrt(abar), sigma = sqrt(1 - abar) (x_t = alpha x_0 + sigma eps, eq. 4):
+    "eps": o = eps, x_0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps (eq. 15);
+    "v": o = v = alpha eps - sigma x_0, so eps = alpha v + sigma x_t and
+    x_0 = alpha x_t - sigma v (Salimans & Ho 2022, Sec. 4);
+    "x0": o = x_0, eps = (x_t - alpha x_0) / sigma. Each is linear in (o, x_t),
+    so a step reads any prediction type from these tables alone.
+    """
+    alpha, sigma = np.sqrt(abar), np.sqrt(1.0 - abar)
+    one, zero = np.ones_like(abar), np.zeros_like(abar)
+    rows = {
+        "eps": (one, zero, -np.sqrt(recipm1), np.sqrt(recip), one, zero),
+        "v": (alpha, sigma, -sigma, alpha, alpha, -sigma),
+        "x0": (-alpha / sigma, 1.0 / sigma, one, zero, zero, one),
+    }[prediction_type]
+    names = ("eps_from_output", "eps_from_x", "x0_from_output", "x0_from_x", "target_from_eps", "target_from_x0")
+    return dict(zip(names, rows))
+
+
 def coefficients_float64(
     config: DiffusionConfig, steps: int | None = None, spacing: str = "even"
 ) -> dict[str, np.ndarray]:
     """All tables of `Coefficients` in float64 numpy (the reference precision).
 
     With `steps` < T the chain is respaced: beta_i = 1 - abar[tau_i] / abar[tau_{i-1}].
-    `spacing` picks tau: "even" (`respaced_timesteps`, T-1 and 0 in) or
-    "linspace" (`linspace_timesteps`, diffusers' DPM-Solver++ default).
+    `spacing` picks tau: "even" (`respaced_timesteps`, T-1 and 0 in),
+    "linspace" (`linspace_timesteps`, diffusers' DPM-Solver++ default) or
+    "trailing" (`trailing_timesteps`, a distilled model's chain).
     """
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
@@ -171,15 +214,17 @@ def coefficients_float64(
         posterior_log_variance_clipped=np.log(clipped),
         # fixedlarge's t = 0 entry is already borrowed; fixedsmall is beta tilde.
         model_log_variance_clipped=log_var if config.model_var_type == "fixedlarge" else np.log(clipped),
+        **_prediction_tables(config.prediction_type, abar, recip, recipm1),
     )
 
 
 def make_coefficients(config: DiffusionConfig, steps: int | None = None, spacing: str = "even") -> Coefficients:
-    """The float64 tables cast once to float32 (timesteps to int32)."""
+    """The float64 tables cast once to float32 (timesteps to int32), on the host and
+    put on the device as they are: `jnp.asarray` would compile a program per chain length."""
     tables = coefficients_float64(config, steps, spacing)
     return Coefficients(
         **{
-            f.name: jnp.asarray(tables[f.name], jnp.int32 if f.name == "timesteps" else jnp.float32)
+            f.name: jax.device_put(np.asarray(tables[f.name], np.int32 if f.name == "timesteps" else np.float32))
             for f in dataclasses.fields(Coefficients)
         }
     )

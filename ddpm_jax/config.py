@@ -20,6 +20,9 @@ from .checks import check_choice, check_float, check_int
 from .schedule import SCHEDULES
 
 MODEL_VAR_TYPES = ("fixedlarge", "fixedsmall")
+# What the UNet's output means: eps (the release), v = alpha_t eps - sigma_t x_0 or
+# x_0 itself (Salimans & Ho 2022, Sec. 4); `coefficients` turns it into both.
+PREDICTION_TYPES = ("eps", "v", "x0")
 
 # Bounds of the integer fields (the released models: T 1000, resolution 32/256,
 # ch 128, ch_mult up to 4 over 6 levels, 2 res blocks).
@@ -36,7 +39,8 @@ LIMITS = {
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The forward process: a beta schedule and the reverse variance choice.
+    """The forward process: a beta schedule, the reverse variance choice and
+    what the model predicts (`PREDICTION_TYPES`; "eps" for every released model).
 
     Every beta lies between beta_start and beta_end (or is 1/(T-t) for
     "jsd"), so both in (0, 1] keeps every beta in (0, 1] (eq. 2 needs it).
@@ -47,17 +51,24 @@ class DiffusionConfig:
     beta_end: float = 0.02
     num_diffusion_timesteps: int = 1000
     model_var_type: str = "fixedlarge"
+    prediction_type: str = "eps"
+    # A distilled model's chain length N (Salimans & Ho 2022, Alg. 2): `Diffusion` then samples
+    # with DDIM (eta 0) over N trailing timesteps by default (`samplers.default_sampler`).
+    distilled_steps: int | None = None
 
     def __post_init__(self):
         name = type(self).__name__
         check_choice("beta schedule", self.beta_schedule, SCHEDULES)
         check_choice("model_var_type", self.model_var_type, MODEL_VAR_TYPES)
+        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         for field in ("beta_start", "beta_end"):
             value = check_float(f"{name}.{field}", getattr(self, field), 0.0, 1.0, open_lo=True)
             object.__setattr__(self, field, value)
         lo, hi = LIMITS["num_diffusion_timesteps"]
         T = check_int(f"{name}.num_diffusion_timesteps", self.num_diffusion_timesteps, lo, hi)
         object.__setattr__(self, "num_diffusion_timesteps", T)
+        if self.distilled_steps is not None:
+            check_int(f"{name}.distilled_steps", self.distilled_steps, 1, T)
 
 
 def _int_tuple(name: str, value, lo: int, hi: int) -> tuple[int, ...]:

@@ -1,15 +1,15 @@
 """XLA flags for the fast CPU path, set before JAX starts its backend.
 
 XLA reads `XLA_FLAGS` once, when the first JAX computation starts the
-backend; flags set later do nothing. The `ddpm-jax` command and the
-benchmarks call `use_cpu_flags()` first thing. Library users do the same
-before their first JAX computation:
-
-    import ddpm_jax.cpu_flags; ddpm_jax.cpu_flags.use_cpu_flags()
-
-or set the environment themselves (`flags()` lists them for the installed
-jaxlib). The flags only concern XLA's CPU backend; GPU and TPU runs ignore
-them. `Diffusion` warns when it runs the fast CPU path without them.
+backend; flags set later do nothing. `import ddpm_jax` adds them to
+`XLA_FLAGS` (after the user's own, which win) when JAX's backend has not
+started yet, so a library user gets the fast path without a call; set
+`DDPM_JAX_CPU_FLAGS=0` to leave `XLA_FLAGS` alone. A program that ran JAX
+before importing ddpm_jax calls `use_cpu_flags()` before its first JAX
+computation, or sets the environment itself (`flags()` lists them for the
+installed jaxlib). The flags only concern XLA's CPU backend; GPU and TPU
+runs ignore them. `Diffusion` warns when it runs the fast CPU path without
+them.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def missing(env=None) -> list[str]:
 
 def _hint() -> str:
     return (
-        f"call ddpm_jax.cpu_flags.use_cpu_flags() before any JAX computation, or start "
+        f"import ddpm_jax (or call ddpm_jax.cpu_flags.use_cpu_flags()) before any JAX computation, or start "
         f"the process with XLA_FLAGS='{' '.join(flags())}'"
     )
 
@@ -82,6 +82,16 @@ def use_cpu_flags(env=None) -> bool:
         )
         return False
     return True
+
+
+OPT_OUT = "DDPM_JAX_CPU_FLAGS"  # "0": importing ddpm_jax leaves XLA_FLAGS as it is
+
+
+def use_cpu_flags_at_import() -> None:
+    """`use_cpu_flags()` when ddpm_jax is imported, unless JAX's backend has started (the flags
+    would do nothing; `Diffusion` then warns) or the environment opts out (`OPT_OUT`=0)."""
+    if os.environ.get(OPT_OUT) != "0" and not _backend_started():
+        use_cpu_flags()
 
 
 def warn_if_missing(stacklevel: int = 3) -> None:

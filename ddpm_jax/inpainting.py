@@ -19,7 +19,7 @@ import numpy as np
 
 from .coefficients import Coefficients
 from .diffusion import at, denoising_step, diffusion_step
-from .sampling import REPAINT, EpsFn, per_sample_normal, run_chunk
+from .sampling import REPAINT, ModelFn, per_sample_normal, run_chunk
 
 REVERSE, FORWARD = 0, 1
 # The paper's setting (Sec. 5): 250 steps, jump length 10, 10 resamplings.
@@ -86,7 +86,7 @@ def jump_schedule(
     return np.array(rows, np.int32).reshape(-1, 2)
 
 
-def repaint_step(eps, x, t, noise, known, mask, coeffs: Coefficients, clip=True):
+def repaint_step(output, x, t, noise, known, mask, coeffs: Coefficients, clip=True):
     """One reverse step of RePaint (Alg. 1 lines 4-8) at chain index t: x_{t-1}.
 
     The filled part (mask 0) is the reverse step p(x_{t-1} | x_t) of Ho et
@@ -98,14 +98,14 @@ def repaint_step(eps, x, t, noise, known, mask, coeffs: Coefficients, clip=True)
     `known` (n, H, W, C) in [-1, 1]; `mask` 0/1 broadcastable to it.
     Returns (x_{t-1}, predicted x_0 of the model).
     """
-    unknown, pred_x0 = denoising_step(eps, x, t, noise, coeffs, clip=clip)
+    unknown, pred_x0 = denoising_step(output, x, t, noise, coeffs, clip=clip)
     abar_prev = at(coeffs.alphas_cumprod_prev, t)
     kept = jnp.sqrt(abar_prev) * known + jnp.sqrt(1.0 - abar_prev) * noise
     return mask * kept + (1.0 - mask) * unknown, pred_x0
 
 
 def repaint_chunk(
-    eps_fn: EpsFn,
+    model_fn: ModelFn,
     params,
     coeffs: Coefficients,
     x,
@@ -136,8 +136,8 @@ def repaint_chunk(
         noise = per_sample_normal(key, REPAINT, sample_ids, first + k, x.shape[1:])
 
         def reverse(carry):
-            eps = eps_fn(params, carry[0], coeffs.timesteps[tt])
-            return repaint_step(eps, carry[0], tt, noise, known, mask, coeffs, clip=clip)
+            output = model_fn(params, carry[0], coeffs.timesteps[tt])
+            return repaint_step(output, carry[0], tt, noise, known, mask, coeffs, clip=clip)
 
         def forward(carry):
             return diffusion_step(carry[0], tt, noise, coeffs), carry[1]

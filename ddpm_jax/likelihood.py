@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .coefficients import Coefficients
-from .diffusion import at, predict_x0, q_posterior_mean, q_sample
-from .sampling import BOUND, EpsFn, per_sample_normal, run_chunk
+from .diffusion import at, model_prediction, q_posterior_mean, q_sample
+from .sampling import BOUND, ModelFn, per_sample_normal, run_chunk
 
 LN2 = math.log(2.0)
 BIN = 1.0 / 255.0  # half the gap between two levels of the grid on [-1, 1]
@@ -85,18 +85,16 @@ def _mean_flat(x):
     return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
-def vb_term_bpd(eps, x0, x_t, t, coeffs: Coefficients, clip=True):
-    """The term of the bound at 0-based t for a batch, given the model's eps at x_t.
+def vb_term_bpd(output, x0, x_t, t, coeffs: Coefficients, clip=True):
+    """The term of the bound at 0-based t for a batch, given the model's output at x_t.
 
     The model's p(x_{t-1} | x_t) has the posterior mean of eq. (7) at the
-    predicted x_0 (eq. 15, clipped to [-1, 1] when `clip`) and the release's
+    predicted x_0 (`model_prediction`, clipped to [-1, 1] when `clip`) and the release's
     log-variance (`model_log_variance_clipped`); the true posterior has the
     clipped log-variance. Returns (term, mse), each (n,): the KL in bits/dim
     where t > 0, the decoder NLL where t == 0; the MSE of the predicted x_0.
     """
-    pred_x0 = predict_x0(eps, x_t, t, coeffs)
-    if clip:
-        pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+    _, pred_x0 = model_prediction(output, x_t, t, coeffs, clip)
     model_mean = q_posterior_mean(pred_x0, x_t, t, coeffs)
     model_logvar = at(coeffs.model_log_variance_clipped, t)
     kl = normal_kl(
@@ -116,7 +114,7 @@ def prior_bpd(x0, coeffs: Coefficients):
 
 
 def bound_chunk(
-    eps_fn: EpsFn, params, coeffs: Coefficients, x0, start, key, sample_ids, *, chunk: int, clip: bool = True
+    model_fn: ModelFn, params, coeffs: Coefficients, x0, start, key, sample_ids, *, chunk: int, clip: bool = True
 ):
     """The terms at t = start .. start + chunk - 1, one `lax.scan` (jit it, `chunk` static).
 
@@ -132,7 +130,7 @@ def bound_chunk(
         t = start + k
         tt = jnp.full((n,), t, jnp.int32)
         x_t = q_sample(x0, tt, per_sample_normal(key, BOUND, sample_ids, t, x0.shape[1:]), coeffs)
-        term, mse = vb_term_bpd(eps_fn(params, x_t, coeffs.timesteps[tt]), x0, x_t, tt, coeffs, clip=clip)
+        term, mse = vb_term_bpd(model_fn(params, x_t, coeffs.timesteps[tt]), x0, x_t, tt, coeffs, clip=clip)
         return carry[0].at[k].set(term), carry[1].at[k].set(mse)
 
     terms, mse = run_chunk(term, (zero, zero), T - start, chunk)
@@ -144,7 +142,7 @@ def variational_bound(
 ) -> Bound:
     """The whole bound of a batch (the release's `calc_bpd_loop`), T / chunk calls of `chunk_fn`.
 
-    `chunk_fn` is `bound_chunk` jitted with its eps_fn and `chunk` bound.
+    `chunk_fn` is `bound_chunk` jitted with its model_fn and `chunk` bound.
     """
     T = coeffs.num_timesteps
     # Dispatch every chunk before reading any back, so the device never waits on the host.

@@ -20,6 +20,7 @@ from . import cpu_flags, images, samplers
 from .checks import check_int
 from .coefficients import Coefficients, make_coefficients
 from .config import DiffusionConfig, UNetConfig
+from .diffusion import model_prediction
 from .inpainting import (
     PAPER_JUMP_LENGTH,
     PAPER_JUMP_N_SAMPLE,
@@ -36,6 +37,7 @@ from .ops import CONVS, PRECISIONS, choose_ops
 from .samplers import Sampler
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
 from .sharding import replicate, shard_batch
+from .stored_programs import StoredJit
 from .unet import UNet, layout_params, run_shapes
 from .weights import check_params, flatten_params, save_weights
 
@@ -137,7 +139,9 @@ class Diffusion:
     With a `mesh` (see `sharding.data_mesh`) the batch is split over its
     devices and the params replicated; n must be a multiple of its size.
 
-    `sampler` (a name in `ddpm_jax.samplers.names()` or a `Sampler`) and
+    `sampler` (a name in `ddpm_jax.samplers.names()` or a `Sampler`; None: the
+    model's own, `samplers.default_sampler`: "ddpm", or for a model distilled to
+    N steps DDIM over N trailing timesteps, N unless `steps` says otherwise) and
     `steps` are the default chain: `steps` < T respaces it to that many of
     the model's timesteps, as the sampler spaces them ("ddpm": Alg. 2 on the
     respaced process; "ddim": eq. 12, `eta` 0 deterministic; "dpmpp_2m" and
@@ -168,7 +172,7 @@ class Diffusion:
         diffusion_config: DiffusionConfig,
         unet_config: UNetConfig,
         params: dict,
-        sampler: str | Sampler = "ddpm",
+        sampler: str | Sampler | None = None,
         steps: int | None = None,
         eta: float | None = None,
         chunk_size: int = 10,
@@ -183,13 +187,16 @@ class Diffusion:
             raise ValueError(f"unknown conv {conv!r}; valid: {', '.join(CONVS)}")
         self.diffusion_config = diffusion_config
         self.unet_config = unet_config
+        if sampler is None:  # the model's own chain (a distilled model's N steps), as far as not given
+            sampler, own_steps = samplers.default_sampler(diffusion_config)
+            steps = own_steps if steps is None else steps
         self.sampler = samplers.get(sampler, eta)
         self.num_timesteps = self.sampler.check_steps(steps, diffusion_config.num_diffusion_timesteps)
         self.chunk_size = check_int("chunk_size", chunk_size, 1, 10**6)
         self.precision, self.conv = precision, conv
         backend = jax.default_backend()
         self.model = UNet(unet_config, choose_ops(precision, conv, backend))
-        self.params = jax.tree.map(jnp.asarray, params)
+        self.params = jax.device_put(params)
         self.dtype = jnp.dtype(PRECISIONS[precision].activations)
         self.mesh = mesh
         shapes = jax.tree.leaves(run_shapes(unet_config, self.model.ops))
@@ -197,13 +204,26 @@ class Diffusion:
             cpu_flags.warn_if_missing()  # some conv runs as Winograd
         self._tables: dict[tuple[str, int], tuple[Coefficients, Coefficients]] = {}
         self._run: dict[str, dict] = {}  # run params, made on first use
-        eps_fn = partial(_apply_unet, self.model, self.dtype)
-        self._denoise_chunk = jax.jit(
-            partial(denoise_chunk, eps_fn, chunk=self.chunk_size), static_argnames=("clip", "sampler")
+        model_fn = partial(_apply_unet, self.model, self.dtype)
+        self._denoise_chunk = self._stored(
+            "denoise_chunk", partial(denoise_chunk, model_fn, chunk=self.chunk_size), ("clip", "sampler")
         )
         self._diffuse_chunk = jax.jit(partial(diffuse_chunk, chunk=self.chunk_size))
-        self._bound_chunk = jax.jit(partial(bound_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip")
-        self._repaint_chunk = jax.jit(partial(repaint_chunk, eps_fn, chunk=self.chunk_size), static_argnames="clip")
+        self._bound_chunk = self._stored("bound_chunk", partial(bound_chunk, model_fn, chunk=self.chunk_size), "clip")
+        self._repaint_chunk = self._stored(
+            "repaint_chunk", partial(repaint_chunk, model_fn, chunk=self.chunk_size), "clip"
+        )
+
+    def _stored(self, name, fn, static_argnames):
+        """`fn` jitted; on one device, through programs kept on disk (`stored_programs`), so that a
+        new process does not trace the UNet again. Everything `fn` bakes in is in the fingerprint."""
+        jitted = jax.jit(fn, static_argnames=static_argnames)
+        if self.mesh is not None:
+            return jitted
+        fingerprint = (
+            f"{self.diffusion_config!r}|{self.unet_config!r}|{self.model.ops!r}|{self.dtype}|{self.chunk_size}"
+        )
+        return StoredJit(jitted, name, fingerprint)
 
     @property
     def eta(self) -> float | None:
@@ -216,15 +236,19 @@ class Diffusion:
         return self.chain().coeffs
 
     def _table(self, spacing: str, steps: int) -> tuple[Coefficients, Coefficients]:
-        """The chain's tables and the same padded to length T, made once (a bounded cache)."""
+        """The chain's tables and the same padded to length T, kept in a cache of the
+        TABLES_KEPT most recently used. Padded on the host: a chain of a new length
+        compiles nothing (a pad on the device would stay compiled for every length asked for)."""
         key = (spacing, steps)
-        if key not in self._tables:
-            if len(self._tables) >= self.TABLES_KEPT:
-                self._tables.pop(next(iter(self._tables)))
+        tables = self._tables.pop(key, None)  # re-inserted below: the dict is in order of use
+        if tables is None:
+            while len(self._tables) >= self.TABLES_KEPT:
+                self._tables.pop(next(iter(self._tables)), None)
             coeffs = make_coefficients(self.diffusion_config, steps, spacing)
             T = self.diffusion_config.num_diffusion_timesteps
-            self._tables[key] = coeffs, jax.tree.map(lambda a: jnp.pad(a, (0, T - a.shape[0])), coeffs)
-        return self._tables[key]
+            tables = coeffs, jax.tree.map(lambda a: jax.device_put(np.pad(np.asarray(a), (0, T - len(a)))), coeffs)
+        self._tables[key] = tables
+        return tables
 
     def chain(self, sampler: str | Sampler | None = None, steps: int | None = None) -> Chain:
         """The chain a call runs: the default one, or `sampler` (default: this
@@ -256,7 +280,7 @@ class Diffusion:
         recompiles."""
         check_params(flatten_params(params), self.unet_config)
         new = copy.copy(self)
-        new.params = jax.tree.map(jnp.asarray, params)
+        new.params = jax.device_put(params)
         new._run = {"params": new._prepare(new.params)}
         return new
 
@@ -264,8 +288,17 @@ class Diffusion:
         """eps_theta(x_t, t) with this model's run params (or `params`, run
         params of this model, say as an argument of a jitted function so they
         are not baked in as constants) and precision: x (n, H, W, C) float32,
-        t int32 (n,) model timesteps; float32 out. Traceable (jit it)."""
-        return _apply_unet(self.model, self.dtype, self.run_params if params is None else params, x, t)
+        t int32 (n,) model timesteps; float32 out. Traceable (jit it).
+        A v or x_0 model's output is turned into eps (`diffusion.model_prediction`)."""
+        output = _apply_unet(self.model, self.dtype, self.run_params if params is None else params, x, t)
+        return model_prediction(output, x, t, self._process, clip=False)[0]
+
+    @property
+    def _process(self) -> Coefficients:
+        """The tables of the model's own T-step process (chain index = model timestep), made
+        eagerly even inside a trace (`eps`), so that the table cache never holds a tracer."""
+        with jax.ensure_compile_time_eval():
+            return self.chain(samplers.get("ddpm"), self.diffusion_config.num_diffusion_timesteps).coeffs
 
     def respaced(
         self, steps: int | None, sampler: str | Sampler = "ddpm", eta: float | None = None, **kwargs
@@ -325,7 +358,7 @@ class Diffusion:
             raise ValueError(f"{name} has shape {tuple(x.shape)}; this model expects (n, H, W, C) = {want}")
         if x.dtype != np.float32:
             raise ValueError(f"{name} has dtype {x.dtype}; this model expects float32 ({name}.astype('float32'))")
-        x = jnp.asarray(x)
+        x = jax.device_put(x)
         if not bool(jnp.isfinite(x).all()):
             raise ValueError(
                 f"{name} holds NaN or infinite values; it must be finite (images in [-1, 1], or a chain's x_t)"
@@ -505,7 +538,7 @@ class Diffusion:
         masks = check_mask(mask, self.image_shape)
         n, ids = self._ids(max(len(known), len(masks)) if n is None else n, first_index)
         known, masks = (
-            self._place(jnp.asarray(_broadcast(name, a, n))) for name, a in (("image", known), ("mask", masks))
+            self._place(jax.device_put(_broadcast(name, a, n))) for name, a in (("image", known), ("mask", masks))
         )
         key = as_key(key)
         if x is None:
@@ -558,7 +591,7 @@ class Diffusion:
         index = check_int("index", index, 0, 2**31 - 1)
         key = as_key(key)
         same = jnp.full((2,), index, jnp.int32)  # the same forward noise for a and b
-        x_t = _run(self._diffuse_iter(self.chain(), jnp.asarray(pair), 0, t, key, same), None)
+        x_t = _run(self._diffuse_iter(self.chain(), jax.device_put(pair), 0, t, key, same), None)
         return self._decode_mix(lerp(x_t[0], x_t[1], lam), t, key, index, clip)
 
     def interpolate(
@@ -614,12 +647,11 @@ class Diffusion:
         """
         x0 = grid_images(x0, self.image_shape)
         _, ids = self._ids(x0.shape[0], first_index)
-        full = self.chain(samplers.get("ddpm"), self.diffusion_config.num_diffusion_timesteps)
         return variational_bound(
             self._bound_chunk,
             self.run_params,
-            full.coeffs,
-            self._place(jnp.asarray(x0)),
+            self._process,
+            self._place(jax.device_put(x0)),
             as_key(key),
             ids,
             chunk=self.chunk_size,

@@ -18,15 +18,16 @@ from .checks import check_float, check_int
 from .coefficients import SPACINGS
 from .diffusion import ddim_step, denoising_step, dpm_solver_pp_step
 
-StepFn = Callable  # step(eps, x, t, noise, coeffs, clip=..., [prev_x0=, has_prev=], [eta=]) -> (x_prev, pred_x0)
+StepFn = Callable  # step(output, x, t, noise, coeffs, clip=..., [prev_x0=, has_prev=], [eta=]) -> (x_prev, pred_x0)
 
 
 @dataclass(frozen=True)
 class Sampler:
     """One reverse-step rule and what a chain of it needs.
 
-    `step` is pure: step(eps, x, t, noise, coeffs, clip=...) -> (x_{t-1}, pred_x0),
-    t int32 (n,) chain indices. A `multistep` step also takes `prev_x0` (the
+    `step` is pure: step(output, x, t, noise, coeffs, clip=...) -> (x_{t-1}, pred_x0),
+    t int32 (n,) chain indices; it reads the network's `output` (eps, v or x_0,
+    as the config says) through `diffusion.model_prediction`. A `multistep` step also takes `prev_x0` (the
     previous step's pred_x0) and `has_prev` (a traced bool). `spacing` picks a
     chain's timesteps ("even": 1 <= S <= T, "linspace": 1 <= S <= T-1).
     `eta` is None for a sampler that has none; otherwise the value passed to
@@ -68,12 +69,12 @@ class Sampler:
             )
         return dataclasses.replace(self, eta=check_float("eta", eta, 0.0, 1.0))
 
-    def apply(self, eps, x, t, noise, coeffs, *, clip, prev_x0, has_prev):
+    def apply(self, output, x, t, noise, coeffs, *, clip, prev_x0, has_prev):
         """One step with everything a chain has; each step function gets what it reads."""
         step = self.step if self.eta is None else partial(self.step, eta=self.eta)
         if self.multistep:
-            return step(eps, x, t, noise, coeffs, clip=clip, prev_x0=prev_x0, has_prev=has_prev)
-        return step(eps, x, t, noise, coeffs, clip=clip)
+            return step(output, x, t, noise, coeffs, clip=clip, prev_x0=prev_x0, has_prev=has_prev)
+        return step(output, x, t, noise, coeffs, clip=clip)
 
 
 _REGISTRY: dict[str, Sampler] = {}
@@ -132,3 +133,21 @@ register(
         description="SDE-DPM-Solver++(2M), Lu et al. 2022",
     )
 )
+
+# Not registered (nothing to choose by name): the chain a distilled model was made for,
+# DDIM eta 0 on trailing timesteps, whose halvings nest (Salimans & Ho 2022, Alg. 2).
+DISTILLED = Sampler(
+    "ddim_trailing",
+    ddim_step,
+    spacing="trailing",
+    eta=0.0,
+    description="DDIM (eta 0) on trailing timesteps round(i T/S) - 1: a distilled model's chain",
+)
+
+
+def default_sampler(config) -> tuple[Sampler, int | None]:
+    """A model's own chain, from its `DiffusionConfig`: (DISTILLED, N) for a model distilled
+    to N steps, else ("ddpm", None: all T)."""
+    if config.distilled_steps is not None:
+        return DISTILLED, config.distilled_steps
+    return get("ddpm"), None

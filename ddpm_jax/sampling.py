@@ -24,7 +24,8 @@ INIT, DENOISE, DIFFUSE = 0, 1, 2
 BOUND = 3  # q_sample's noise in the variational bound (likelihood.py)
 REPAINT = 4  # inpainting.py: the noise of each iteration of a jump schedule
 
-EpsFn = Callable[[object, jax.Array, jax.Array], jax.Array]
+# model_fn(params, x_t, model timesteps) -> the network's output (eps, v or x_0, as the config says)
+ModelFn = Callable[[object, jax.Array, jax.Array], jax.Array]
 
 
 def per_sample_normal(key, stream: int, sample_ids, t, shape):
@@ -56,7 +57,7 @@ def run_chunk(step, carry, n_valid, chunk: int):
 
 
 def denoise_chunk(
-    eps_fn: EpsFn,
+    model_fn: ModelFn,
     params,
     coeffs: Coefficients,
     x,
@@ -85,10 +86,10 @@ def denoise_chunk(
         x, prev_x0 = carry
         t = start_step - 1 - k
         tt = jnp.full((n,), t, jnp.int32)
-        eps = eps_fn(params, x, coeffs.timesteps[tt])
+        output = model_fn(params, x, coeffs.timesteps[tt])
         noise = per_sample_normal(key, DENOISE, sample_ids, t, x.shape[1:])
         return sampler.apply(
-            eps, x, tt, noise, coeffs, clip=clip, prev_x0=prev_x0, has_prev=jnp.logical_or(has_prev, k > 0)
+            output, x, tt, noise, coeffs, clip=clip, prev_x0=prev_x0, has_prev=jnp.logical_or(has_prev, k > 0)
         )
 
     return run_chunk(step, (x, pred_x0), n_valid, chunk)

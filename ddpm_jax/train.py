@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from .checks import check_float, check_int
 from .coefficients import Coefficients
 from .config import UNetConfig
-from .diffusion import q_sample
+from .diffusion import at, q_sample
 from .sharding import DATA
 from .unet import UNet, init_params
 
@@ -84,11 +84,11 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(schedule))
 
 
-def init_state(unet_config: UNetConfig, cfg: TrainConfig) -> TrainState:
-    """Fresh params from seed, EMA = params, step 0."""
+def init_state(unet_config: UNetConfig, cfg: TrainConfig, params=None) -> TrainState:
+    """Fresh params from seed (or `params`, say a teacher's), EMA = params, step 0."""
     key = jax.random.key(cfg.seed)
     init_key, run_key = jax.random.split(key)
-    params = init_params(unet_config, init_key)
+    params = init_params(unet_config, init_key) if params is None else params
     return TrainState(
         params=params,
         ema_params=params,
@@ -104,7 +104,9 @@ def ema_update(ema, params, decay: float):
 
 
 def diffusion_loss(params, model: UNet, x0, key, coeffs: Coefficients, train: bool = True):
-    """L_simple, Alg. 1: E_{t, eps} || eps - eps_theta(sqrt(abar) x0 + sqrt(1-abar) eps, t) ||^2.
+    """L_simple, Alg. 1: E_{t, eps} || eps - eps_theta(sqrt(abar) x0 + sqrt(1-abar) eps, t) ||^2,
+    with the target the config's prediction type names: eps, v = alpha eps - sigma x_0
+    (Salimans & Ho 2022, Sec. 4; an x_0 loss weighted by SNR + 1) or x_0.
 
     t is uniform over all T steps (0-based); the mean is over pixels and batch.
     """
@@ -113,8 +115,9 @@ def diffusion_loss(params, model: UNet, x0, key, coeffs: Coefficients, train: bo
     t = jax.random.randint(t_key, (n,), 0, coeffs.num_timesteps, dtype=jnp.int32)
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = q_sample(x0, t, noise, coeffs)
-    eps = model.apply({"params": params}, x_t, t, train=train, rngs={"dropout": dropout_key})
-    return jnp.mean((noise - eps) ** 2)
+    target = at(coeffs.target_from_eps, t) * noise + at(coeffs.target_from_x0, t) * x0
+    output = model.apply({"params": params}, x_t, t, train=train, rngs={"dropout": dropout_key})
+    return jnp.mean((target - output) ** 2)
 
 
 def sample_batch(data: jax.Array, key, batch_size: int, random_flip: bool) -> jax.Array:
@@ -129,9 +132,11 @@ def sample_batch(data: jax.Array, key, batch_size: int, random_flip: bool) -> ja
 
 @functools.lru_cache(maxsize=8)
 def make_train_step(
-    unet_config: UNetConfig, cfg: TrainConfig, mesh: Mesh | None = None
-) -> Callable[[TrainState, jax.Array, Coefficients], tuple[TrainState, dict]]:
-    """A jitted (state, data, coeffs) -> (state, metrics) for one update.
+    unet_config: UNetConfig, cfg: TrainConfig, mesh: Mesh | None = None, loss: Callable = diffusion_loss
+) -> Callable[[TrainState, jax.Array, Any], tuple[TrainState, dict]]:
+    """A jitted (state, data, inputs) -> (state, metrics) for one update of
+    `loss(params, model, x0, key, inputs)`: `diffusion_loss`, whose inputs are the
+    `Coefficients`, or another (`distill.distillation_loss`).
 
     With a `mesh` (state and data replicated on it, see `sharding`), the batch
     is sharded over its 'data' axis and XLA reduces the gradients across
@@ -147,12 +152,12 @@ def make_train_step(
         )
 
     @jax.jit
-    def train_step(state: TrainState, data, coeffs):
+    def train_step(state: TrainState, data, inputs):
         key, data_key, loss_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
         x0 = sample_batch(data, data_key, cfg.batch_size, cfg.random_flip)
         if mesh is not None:
             x0 = jax.lax.with_sharding_constraint(x0, NamedSharding(mesh, P(DATA)))
-        loss, grads = jax.value_and_grad(diffusion_loss)(state.params, model, x0, loss_key, coeffs)
+        value, grads = jax.value_and_grad(loss)(state.params, model, x0, loss_key, inputs)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = dataclasses.replace(
@@ -163,6 +168,6 @@ def make_train_step(
             step=state.step + 1,
             key=jax.random.key_data(key),
         )
-        return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return new, {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
     return train_step

@@ -69,11 +69,14 @@ def run_metadata(dcfg: DiffusionConfig, ucfg: UNetConfig, tcfg: TrainConfig) -> 
 
 
 def _check_same_run(saved: dict, wanted: dict, path):
+    # A field the checkpoint lacks was added since it was written (prediction_type): its default held.
+    defaults = run_metadata(DiffusionConfig(), UNetConfig(), TrainConfig())
+    had = {group: {**defaults.get(group, {}), **saved.get(group, {})} for group in wanted}
     diffs = [
-        f"{group}.{k}: checkpoint {saved.get(group, {}).get(k)!r} != requested {v!r}"
+        f"{group}.{k}: checkpoint {had[group].get(k)!r} != requested {v!r}"
         for group, fields in wanted.items()
         for k, v in fields.items()
-        if saved.get(group, {}).get(k) != v
+        if had[group].get(k) != v
     ]
     if diffs:
         raise ValueError(
@@ -87,6 +90,8 @@ class Trainer:
 
     With more than one local device (or a given `mesh`) training is data
     parallel: state and data replicated, each batch sharded (`train.make_train_step`).
+    `loss` and its `loss_inputs` (a pytree, put on the devices as the data is) replace
+    `train.diffusion_loss` and the coefficients, as `distill` does.
     """
 
     def __init__(
@@ -98,17 +103,21 @@ class Trainer:
         train_config: TrainConfig,
         state: TrainState | None = None,
         mesh=None,
+        loss=None,
+        loss_inputs=None,
     ):
         self.unet_config, self.diffusion_config, self.train_config = unet_config, diffusion_config, train_config
         if mesh is None and jax.local_device_count() > 1:
             mesh = data_mesh()
         self.mesh = mesh
         state = init_state(unet_config, train_config) if state is None else state
-        state, data, coeffs = jax.tree.map(jnp.asarray, state), jnp.asarray(data), make_coefficients(diffusion_config)
+        inputs = make_coefficients(diffusion_config) if loss_inputs is None else loss_inputs
+        state, data, inputs = jax.tree.map(jnp.asarray, state), jnp.asarray(data), inputs
         if mesh is not None:
-            state, data, coeffs = replicate((state, data, coeffs), mesh)
-        self.state, self.data, self.coeffs = state, data, coeffs
-        self._train_step = make_train_step(unet_config, train_config, mesh)
+            state, data, inputs = replicate((state, data, inputs), mesh)
+        self.state, self.data, self.inputs = state, data, inputs
+        # Without a loss, the same call (and cached step) as the tests' and benchmarks'.
+        self._train_step = make_train_step(unet_config, train_config, mesh, *(() if loss is None else (loss,)))
         self._sampler: Diffusion | None = None
 
     @property
@@ -119,7 +128,7 @@ class Trainer:
         """n optimizer steps, queued without waiting: {'loss_sum', 'grad_norm'} as device scalars."""
         loss_sum = jnp.zeros((), jnp.float32)
         for _ in range(n):
-            self.state, metrics = self._train_step(self.state, self.data, self.coeffs)
+            self.state, metrics = self._train_step(self.state, self.data, self.inputs)
             loss_sum = loss_sum + metrics["loss"]
         return {"loss_sum": loss_sum, "grad_norm": metrics["grad_norm"]}
 
@@ -142,9 +151,11 @@ class Trainer:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         with folder_lock(out, "training run"):
-            return self._fit(out, options, progress)
+            return self.fit_unlocked(out, options, progress)
 
-    def _fit(self, out: Path, options: RunOptions, progress: bool) -> TrainState:
+    def fit_unlocked(self, out: Path, options: RunOptions, progress: bool, record: dict | None = None) -> TrainState:
+        """`fit` for a caller that holds the lock of a folder above `out` (`distill`);
+        `record`'s fields go into every log line."""
         from tqdm import tqdm
 
         meta = run_metadata(self.diffusion_config, self.unet_config, self.train_config)
@@ -171,6 +182,7 @@ class Trainer:
                 bar.update(k)
                 if step % options.log_every == 0 or step == options.steps:
                     rec = {
+                        **(record or {}),
                         "step": step,
                         "loss": float(loss_sum) / (step - s0),  # waits for the queue
                         "grad_norm": float(metrics["grad_norm"]),
@@ -236,8 +248,12 @@ def open_run(
     train_config: TrainConfig,
     resume: bool = False,
     mesh=None,
+    init_params=None,
+    loss=None,
+    loss_inputs=None,
 ) -> Trainer:
-    """A `Trainer` for run folder `out`: fresh, or resumed from its newest checkpoint.
+    """A `Trainer` for run folder `out`: fresh (from `init_params` when given), or resumed
+    from its newest checkpoint. `loss` and `loss_inputs` as `Trainer` takes them.
 
     A fresh run into a folder that has checkpoints, `resume` without one, and a
     checkpoint made with other settings are errors; a corrupt newest checkpoint
@@ -254,11 +270,13 @@ def open_run(
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}; drop --resume to start a run")
         saved, flat, _ = read_checkpoint(existing[-1])
         _check_same_run(saved, run_metadata(diffusion_config, unet_config, train_config), existing[-1])
-        template = init_state(unet_config, train_config)
+        template = init_state(unet_config, train_config, init_params)
         state = restore_state(flat, template, str(existing[-1]))
         log.info("resumed from %s (step %d)", existing[-1], int(np.asarray(state.step)))
     elif existing:
         raise ValueError(f"{ckpt_dir} already holds checkpoints; pass --resume or choose another --out")
+    elif init_params is not None:
+        state = init_state(unet_config, train_config, init_params)
     return Trainer(
         data,
         unet_config=unet_config,
@@ -266,6 +284,8 @@ def open_run(
         train_config=train_config,
         state=state,
         mesh=mesh,
+        loss=loss,
+        loss_inputs=loss_inputs,
     )
 
 

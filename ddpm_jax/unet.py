@@ -236,7 +236,8 @@ def layout_params(config: UNetConfig, ops: Ops, params: dict) -> dict:
     def lay(a, want):
         if a.shape == want.shape:
             return a
-        return jnp.asarray(winograd.transform_kernel(np.asarray(a), want.shape[0] - 2))
+        # device_put: jnp.asarray compiles a copying program per shape (jax 0.10), seconds cold
+        return jax.device_put(winograd.transform_kernel(np.asarray(a), want.shape[0] - 2))
 
     return jax.tree.map(lay, params, shapes)
 

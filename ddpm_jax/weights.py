@@ -10,14 +10,15 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from . import winograd
 from .atomic import atomic_path
 from .config import DiffusionConfig, UNetConfig, config_from_dict, config_to_dict
-from .unet import UNet
+from .ops import choose_ops
+from .unet import run_shapes
 
 FORMAT = "ddpm_jax.params/1"
 SEP = "/"
@@ -52,11 +53,13 @@ def unflatten_params(flat: dict) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
-    """Flattened param name -> shape for `config`, computed without allocating (cached)."""
-    x = jax.ShapeDtypeStruct((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
-    t = jax.ShapeDtypeStruct((1,), jnp.int32)
-    shapes = jax.eval_shape(UNet(config).init, jax.random.key(0), x, t)["params"]
-    return {k: tuple(v.shape) for k, v in flatten_params(shapes).items()}
+    """Flattened param name -> shape for `config`, computed without allocating (cached).
+
+    Read from the run shapes of the ops a float32 `Diffusion` runs on this backend, Winograd
+    kernels back to 3x3: the one trace of the UNet that loading a model then needs (each is
+    about 0.5 s at the cifar10 size)."""
+    ops = choose_ops("float32", "auto", jax.default_backend())
+    return {k: winograd.kernel_shape(v.shape) for k, v in flatten_params(run_shapes(config, ops)).items()}
 
 
 def check_params(flat: dict[str, tuple[int, ...]], config: UNetConfig, source: str = "params"):

@@ -8,14 +8,16 @@ it. Models are shared (`Models`); each tab has its own `Session`.
 from __future__ import annotations
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from ddpm_jax import samplers
 
 from . import render
 from .handlers import MAX_BATCH, MAX_BRANCHES, MAX_MIXES, MAX_UPLOAD_MB, QUEUE_SIZE, Demo
-from .inputs import checked, image_path, raw
-from .models import Models
+from .inputs import editor_files, picture_file, raw, screen_pictures
+from .models import PAGE_CHAIN_STEPS, PAGE_SAMPLER, Models
 from .state import Session
+from .uploads import CLIENT_UPLOAD_MB, KEPT_S, SWEEP_S, TOTAL_UPLOAD_MB, UploadQuota
 from .views import bind
 
 CSS = """
@@ -34,7 +36,7 @@ def build_app(
     session)."""
     demo = Demo(models, default, min_interval=min_interval)
     choices = list(models.choices)
-    with gr.Blocks(title="ddpm_jax: watch diffusion", analytics_enabled=False, delete_cache=(60, 600)) as app:
+    with gr.Blocks(title="ddpm_jax: watch diffusion", analytics_enabled=False, delete_cache=(SWEEP_S, KEPT_S)) as app:
         session = gr.State(Session(), delete_callback=demo.forget_downloads)
         gr.Markdown(
             "## DDPM in JAX: watch diffusion step by step\n"
@@ -57,7 +59,7 @@ def build_app(
                     )
                     chain_steps = raw(gr.Number(0, label="chain steps S (at Reset; 0: all T)", elem_id="chain_steps"))
                 reset_btn = gr.Button("Reset (fresh x_T)")
-                steps = raw(gr.Number(100, label="steps (1..T)", elem_id="steps"))
+                steps = raw(gr.Number(100, label="steps per Denoise/Diffuse", elem_id="steps"))
                 with gr.Row():
                     denoise_btn = gr.Button("Denoise", variant="primary", elem_id="denoise")
                     diffuse_btn = gr.Button("Diffuse", elem_id="diffuse")
@@ -87,14 +89,15 @@ def build_app(
                 )
         with gr.Accordion("Beyond the port: your picture, branching, downloads", open=False):
             with gr.Row():
-                upload = image_path(
+                upload = picture_file(
                     gr.Image(
                         label="upload a picture: it becomes x_0",
                         format="png",
                         type="filepath",
                         image_mode=None,
                         sources=["upload", "clipboard"],
-                    )
+                    ),
+                    "the picture",
                 )
                 with gr.Column():
                     branches = raw(gr.Slider(1, MAX_BRANCHES, value=4, step=1, label="branches k"))
@@ -110,10 +113,10 @@ def build_app(
         ):
             with gr.Row():
                 with gr.Column():
-                    editor = checked(
+                    editor = editor_files(
                         gr.ImageEditor(
                             label="paint over the part to fill (sample 0, or upload a picture)",
-                            type="numpy",
+                            type="filepath",
                             image_mode="RGBA",
                             sources=["upload", "clipboard"],
                             transforms=(),
@@ -136,25 +139,27 @@ def build_app(
                         )
                 with gr.Column():
                     a_source = raw(gr.Radio(["sample 0", "upload"], value="sample 0", label="A"))
-                    a_upload = image_path(
+                    a_upload = picture_file(
                         gr.Image(
                             label="A (upload)",
                             format="png",
                             type="filepath",
                             image_mode=None,
                             sources=["upload", "clipboard"],
-                        )
+                        ),
+                        "picture A",
                     )
                     b_source = raw(gr.Radio(["another seed", "upload"], value="another seed", label="B"))
                     b_seed = raw(gr.Number(1, label="B's seed"))
-                    b_upload = image_path(
+                    b_upload = picture_file(
                         gr.Image(
                             label="B (upload)",
                             format="png",
                             type="filepath",
                             image_mode=None,
                             sources=["upload", "clipboard"],
-                        )
+                        ),
+                        "picture B",
                     )
                     with gr.Row():
                         interp_t = raw(gr.Number(500, label="t (1..T)"))
@@ -186,8 +191,18 @@ def build_app(
         chain = dict(show_progress="minimal", concurrency_id="chains", concurrency_limit=concurrency)
         reset_in = [session, model, ema, seed, batch, sampler, chain_steps]
         on(reset_btn.click, demo.reset, reset_in, (*shown, "model", "ema"), api_name="reset")
-        for trigger in (model.input, ema.input, app.load):
+        for trigger in (model.input, ema.input):
             on(trigger, demo.reset, reset_in, (*shown, "model", "ema"), api_visibility="private")
+        # A new page starts on a chain that its first Denoise runs to a picture; API clients keep
+        # the components' own defaults (ddpm over all T, 100 steps a call).
+        page_chain = app.load(
+            lambda: (PAGE_SAMPLER, PAGE_CHAIN_STEPS, PAGE_CHAIN_STEPS),
+            None,
+            [sampler, chain_steps, steps],
+            queue=False,
+            api_visibility="private",
+        )
+        on(page_chain.then, demo.reset, reset_in, (*shown, "model", "ema"), api_visibility="private")
         on(
             denoise_btn.click,
             demo.denoise,
@@ -228,16 +243,25 @@ def build_app(
         on(save_png_btn.click, demo.save_image, [session, show_x0], ("download",), api_name="save_image")
         on(save_gif_btn.click, demo.save_gif, [session], ("download",), api_name="save_gif")
     app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
-    return app
+    return screen_pictures(app)
 
 
 def launch(
-    app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, max_upload_mb: float = MAX_UPLOAD_MB, **kwargs
+    app: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    client_upload_mb: float = CLIENT_UPLOAD_MB,
+    total_upload_mb: float = TOTAL_UPLOAD_MB,
+    **kwargs,
 ):
     """Serve the page (loopback by default); returns gradio's (app, local_url, share_url).
 
-    Uploads over `max_upload_mb` are refused by Gradio before they reach a handler.
+    A file over `max_upload_mb` is refused by Gradio before it reaches a handler;
+    uploads past `client_upload_mb` from one client, or `total_upload_mb` from all,
+    within the time Gradio keeps them are refused before they are read (`uploads.UploadQuota`).
     """
+    quota = Middleware(UploadQuota, per_client_mb=client_upload_mb, total_mb=total_upload_mb)
     return app.launch(
         server_name=host,
         server_port=port,
@@ -245,5 +269,6 @@ def launch(
         ssr_mode=False,
         footer_links=["api"],
         max_file_size=int(max_upload_mb * 2**20),
+        app_kwargs={"middleware": [quota]},
         **kwargs,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 from ddpm_jax.cli.common import DEFAULT_MODEL, add_model
@@ -11,6 +12,9 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p):
+    from .uploads import CLIENT_UPLOAD_MB, TOTAL_UPLOAD_MB, WINDOW_S
+
+    window = f"{WINDOW_S / 60:g} minutes"
     add_model(
         p,
         "the model shown first: a name (digits, cifar10, lsun_church, ...) or a .safetensors path; "
@@ -25,7 +29,20 @@ def add_arguments(p):
         "--chunk-size", type=int, default=10, help="steps per compiled chunk: Stop and page updates land between chunks"
     )
     p.add_argument(
-        "--max-upload-mb", type=float, default=10, help="largest upload accepted, in MB (default: %(default)s)"
+        "--max-upload-mb", type=float, default=10, help="largest file accepted, in MB (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-client-upload-mb",
+        type=float,
+        default=CLIENT_UPLOAD_MB,
+        help=f"what one client (one IP address) may upload, all files together, in {window} (as long as the "
+        "server keeps an upload); more is refused (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-total-upload-mb",
+        type=float,
+        default=TOTAL_UPLOAD_MB,
+        help=f"what all clients together may upload in {window}: the most disk uploads take (default: %(default)s)",
     )
     p.add_argument(
         "--queue-size",
@@ -57,6 +74,14 @@ def run(args) -> int:
             f"--max-upload-mb must be in (0, 1024] and --queue-size in [1, 10000]; got "
             f"{args.max_upload_mb} and {args.queue_size}"
         )
+    for flag, mb in (
+        ("--max-client-upload-mb", args.max_client_upload_mb),
+        ("--max-total-upload-mb", args.max_total_upload_mb),
+    ):
+        if not args.max_upload_mb <= mb <= 10**6:
+            raise ValueError(
+                f"{flag} must be at least --max-upload-mb ({args.max_upload_mb}) and at most 1000000; got {mb}"
+            )
 
     enable_compilation_cache(args.cache_dir)
 
@@ -69,10 +94,19 @@ def run(args) -> int:
 
     from .app import build_app, launch
 
+    end_on_sigterm()
     launch(
         build_app(models, default, queue_size=args.queue_size),
         host=args.host,
         port=args.port,
         max_upload_mb=args.max_upload_mb,
+        client_upload_mb=args.max_client_upload_mb,
+        total_upload_mb=args.max_total_upload_mb,
     )
     return 0
+
+
+def end_on_sigterm():
+    """Make SIGTERM (kill, systemd, docker stop) end the server as Ctrl-C does: Gradio's
+    launch returns and the same cleanup runs (the download folder at exit, Gradio's cache)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

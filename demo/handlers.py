@@ -8,6 +8,7 @@ yields) `View`s; `app.build_app` binds them to the page. Models are shared
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -21,16 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import samplers
-from ddpm_jax.images import load_image, save_png
+from ddpm_jax.images import save_png
 from ddpm_jax.inpainting import schedule_length
 from ddpm_jax.pipeline import as_key
 from ddpm_jax.sampling import initial_noise
 
 from . import editing, render
-from .inputs import InvalidInput
 from .models import Models, ModelUnavailable
-from .state import Session, parse_bool, parse_int
-from .views import KEEP, View
+from .pictures import load_picture, open_picture
+from .state import InvalidInput, Session, parse_bool, parse_int
+from .views import KEEP, WARN, View, warning
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,25 @@ MAX_BATCH = 16
 MAX_BRANCHES = 8
 MAX_MIXES = 12
 MAX_RESAMPLINGS = 20
+MAX_LAYERS = 16  # the editor's paint layers read for one Inpaint
 GIF_MAX_SIDE = 512
 GIF_BUDGET_BYTES = 48 * 2**20  # the enlarged frames of one GIF, together
 GIF_MAX_FRAMES = 400
 MAX_UPLOAD_MB = 10
 QUEUE_SIZE = 64
 DOWNLOAD_TTL_S = 60  # Gradio copies a download into its own cache as it serves it
-WARN = "⚠️ "
+
+
+def _expire(folder: Path):
+    """Delete the files in `folder` older than DOWNLOAD_TTL_S, checking every half of
+    that, until the folder is removed (`Demo.close`)."""
+    while folder.is_dir():
+        time.sleep(max(DOWNLOAD_TTL_S / 2, 0.05))
+        stale = time.time() - DOWNLOAD_TTL_S
+        for path in folder.glob("[!.]*"):  # none once the folder is gone; ".*" are being written
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile (its tab closed)
+                if path.stat().st_mtime <= stale:
+                    path.unlink()
 
 
 class Demo:
@@ -65,20 +78,17 @@ class Demo:
 
     def _out(self, session: Session, name: str, suffix: str) -> Path:
         """A fresh path for a download of this tab, in a folder made on first use
-        and removed at exit. Gradio serves a copy from its own cache (cleared by
-        `delete_cache`), so ours are deleted once older than DOWNLOAD_TTL_S (here,
-        at each new download) or when their tab's session ends."""
+        and removed at exit (SIGTERM included: see `cli.run`). Gradio serves a copy
+        from its own cache (cleared by `delete_cache`), so ours are deleted once
+        older than DOWNLOAD_TTL_S (`_expire`, on a timer) or when their tab's session ends."""
         with self._lock:
             if self.workdir is None:
                 self.workdir = Path(tempfile.mkdtemp(prefix="ddpm_jax_demo_"))
                 atexit.register(self.close)
-            stale = time.time() - DOWNLOAD_TTL_S
-            for old in self.workdir.iterdir():
-                if old.stat().st_mtime <= stale:
-                    old.unlink(missing_ok=True)
-        path = self.workdir / f"{name}_{uuid.uuid4().hex[:8]}{suffix}"
+                threading.Thread(target=_expire, args=(self.workdir,), name="expire-downloads", daemon=True).start()
+            path = self.workdir / f"{name}_{uuid.uuid4().hex[:8]}{suffix}"
         with session.lock:
-            session.downloads.append(path)
+            session.downloads = [p for p in session.downloads if p.exists()] + [path]
         return path
 
     def forget_downloads(self, session: Session):
@@ -89,7 +99,8 @@ class Demo:
             path.unlink(missing_ok=True)
 
     def close(self):
-        """Remove the download folder (at exit; Gradio's own copies go with its cache)."""
+        """Remove the download folder (at exit; Gradio's own copies go with its cache);
+        its `_expire` timer ends with it."""
         with self._lock:
             if self.workdir is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -120,7 +131,7 @@ class Demo:
 
     def _warn(self, session: Session, show_x0: bool, err: Exception) -> View:
         """A refused request: the session unchanged, the reason in the status line."""
-        return self._view(session, show_x0, WARN + str(err))
+        return self._view(session, show_x0, warning(err))
 
     def _ensure(self, session: Session):
         """The session's model; a tab that never pressed Reset (an API client) gets the default."""
@@ -165,7 +176,7 @@ class Demo:
         try:
             model = self._reset(session, choice, ema, seed, batch, sampler, chain_steps)
         except (ValueError, ModelUnavailable) as err:
-            status = WARN + str(err)
+            status = warning(err)
             if session.x is not None:
                 status += f" (still on {session.choice})"
             yield self._view(session, False, status).but(model=session.choice or choice, ema=session.ema)
@@ -221,16 +232,15 @@ class Demo:
         img = render.upscale(render.grid(row, ncol=len(row)), render.display_scale(model.image_shape[0]))
         return render.for_display(img)
 
-    def _side_chain(self, session, gen, model, chunks, n, start, view, what, desc):
+    def _side_chain(self, session, gen, model, chunks, n, start, view, what, desc, commit=None):
         """A reverse chain of n images from `start` down to 0 beside the session's
         (branching, interpolation): streamed with `view(item, done)`, the session
-        left as it is."""
+        left as it is; `commit(item, due, done)`, if given, sees each chunk it owns."""
         if self.models.first_run(model, "denoise", n):
             note = f"compiling for {what} (first use of this size on this server)…"
             yield View(status=note, bar=render.progress_bar(0, start, note))
-        yield from self._drive(
-            session, gen, chunks, start, lambda i, item: start - item.step, lambda item, due, done: None, view, desc
-        )
+        commit = commit or (lambda item, due, done: None)
+        yield from self._drive(session, gen, chunks, start, lambda i, item: start - item.step, commit, view, desc)
 
     def _main_chain(self, session, gen, model, chunks, start, target, show_x0, verb):
         def commit(item, due, done):
@@ -320,18 +330,15 @@ class Demo:
     def use_image(self, session: Session, image, show_x0=False):
         """An uploaded picture (its file path) becomes x_0 (step 0) for every sample of the batch.
 
-        Any image Pillow reads, at its real bit depth (`images.load_image`),
-        center-cropped and resized to the model's resolution and channels.
+        Any image Pillow reads of at most `pictures.MAX_PICTURE_PIXELS`, at its real bit
+        depth (`images.load_image`), center-cropped and resized to the model's resolution
+        and channels.
         """
         try:
             model = self._ensure(session)
-            if image is None:
-                raise ValueError("no picture: upload one first")
-            if not isinstance(image, (str, Path)):
-                raise ValueError(f"the picture must be an uploaded file, got {type(image).__name__}")
             h, _, c = model.image_shape
-            x0 = load_image(image, resolution=h, channels=c)
-        except (ValueError, OSError, ModelUnavailable) as err:
+            x0 = load_picture(image, h, c, "the picture")
+        except (ValueError, ModelUnavailable) as err:
             return self._warn(session, show_x0 is True, err)
         with session.lock:
             session.generation += 1
@@ -370,7 +377,7 @@ class Demo:
                 pred_x0=None if prev is None else jnp.repeat(prev[:1], k, axis=0),
             )
         except (ValueError, ModelUnavailable) as err:
-            yield View(branches=None, status=WARN + str(err))
+            yield View(branches=None, status=warning(err))
             return
 
         def view(item, done):
@@ -403,6 +410,8 @@ class Demo:
         """Fill the painted part of the editor's picture (RePaint), one completion per
         sample of the batch, streamed; at the end they become x (step 0).
 
+        `edited` is what `inputs.editor_files` hands over: the picture's and the paint
+        layers' file paths, each opened within `pictures.MAX_PICTURE_PIXELS`, one at a time.
         A Stop leaves the session as it was: a RePaint chain is not a chain Denoise can go on with.
         """
         show_x0 = show_x0 is True
@@ -413,17 +422,21 @@ class Demo:
                 raise ValueError(
                     "no picture in the editor: put sample 0 there (or upload one), then paint over the part to fill"
                 )
+            layers = edited.get("layers") or []
+            if len(layers) > MAX_LAYERS:
+                raise ValueError(f"{len(layers)} paint layers; Inpaint reads at most {MAX_LAYERS}: paint on fewer")
             self._ensure(session)
             model = self.models.get(session.choice, session.ema)  # RePaint respaces the full process itself
             h, _, c = model.image_shape
-            background = np.asarray(edited["background"])
-            picture = editing.picture_at(background, h, c)
-            fill = editing.fill_mask(edited.get("layers") or [], background.shape[:2], h)
             T = model.num_timesteps
             steps = parse_int(steps, "RePaint steps", 1, T)
             jump = parse_int(jump_length, "jump length", 1, steps)
             resample = parse_int(jump_n_sample, "resamplings", 1, MAX_RESAMPLINGS)
             clip = parse_bool(clip, "clip")
+            background = open_picture(edited["background"], "the editor's picture")
+            picture = editing.picture_at(background, h, c)
+            painted = (open_picture(path, f"paint layer {i}") for i, path in enumerate(layers, 1))
+            fill = editing.fill_mask(painted, (background.height, background.width), h)
             with session.lock:
                 n = session.n
                 chunks = model.inpaint_steps(
@@ -477,20 +490,35 @@ class Demo:
         )
 
     def _end(self, session, model, source, upload, seed, what):
-        """One end of an interpolation at the model's resolution, (H, W, C) in [-1, 1]."""
+        """One end of an interpolation at the model's resolution, (H, W, C) in [-1, 1];
+        for another seed, the reverse chain that draws it (run by `_draw`)."""
         h, _, c = model.image_shape
         if source == "upload":
-            if not isinstance(upload, (str, Path)):
-                raise ValueError(f"no picture for {what}: upload one (or choose another source)")
-            return load_image(upload, resolution=h, channels=c)
+            return load_picture(upload, h, c, f"picture {what}")
         if source == "sample 0":
             with session.lock:
                 x = session.x
             return np.clip(np.asarray(x[0]), -1.0, 1.0)
         if source == "another seed":
             seed = parse_int(seed, f"{what}'s seed", 0, 2**31 - 1)
-            return np.asarray(model.denoise(1, key=seed, clip=True)[0])
+            return model.denoise_steps(1, key=seed, clip=True)
         raise ValueError(f"{what} must come from 'sample 0', 'another seed' or 'upload', got {source!r}")
+
+    def _draw(self, session, gen, model, chunks, what):
+        """Run `chunks`, the chain that draws an end of an interpolation, chunk by chunk
+        while chain `gen` owns the session (a Stop ends it), streaming its progress;
+        returns the sample, (H, W, C), or None when it was stopped."""
+        T, drawn = model.num_timesteps, []
+
+        def keep(item, due, done):
+            if done:
+                drawn.append(np.asarray(item.x[0]))
+
+        def view(item, done):
+            return View(status=f"drawing {what} from its seed: step {item.step}")
+
+        yield from self._side_chain(session, gen, model, chunks, 1, T, view, what, f"drawing {what}", commit=keep)
+        return drawn[0] if drawn else None
 
     def interpolate(self, session: Session, a_source, a_upload, b_source, b_upload, b_seed, t, k, clip):
         """k images from A to B through x_t (paper Sec. 4.4, Fig. 8), streamed as a strip A, mixes, B.
@@ -498,19 +526,29 @@ class Demo:
         Both are diffused t steps with the same noise and their mixes denoised with
         the reverse noise fixed across lambda; the session's x is left as it is.
         """
+        a_end, b_end = (a_source, a_upload, None), (b_source, b_upload, b_seed)
         try:
             model = self._ensure(session)
             t = parse_int(t, "t", 1, model.num_timesteps)
             k = parse_int(k, "k", 2, MAX_MIXES)
             clip = parse_bool(clip, "clip")
-            a = self._end(session, model, a_source, a_upload, None, "A")
-            b = self._end(session, model, b_source, b_upload, b_seed, "B")
-            chunks = model.interpolate_steps(a, b, t, np.linspace(0.0, 1.0, k), key=session.seed, clip=clip)
+            ends = {what: self._end(session, model, *end, what) for what, end in (("A", a_end), ("B", b_end))}
             with session.lock:
                 session.generation += 1
                 gen = session.generation
-        except (ValueError, OSError, ModelUnavailable) as err:
-            yield View(status=WARN + str(err))
+        except (ValueError, ModelUnavailable) as err:
+            yield View(status=warning(err))
+            return
+        for what, end in ends.items():
+            if not isinstance(end, np.ndarray):  # another seed's sample: a chain of its own, stoppable
+                ends[what] = yield from self._draw(session, gen, model, end, what)
+                if ends[what] is None:
+                    return
+        a, b = ends["A"], ends["B"]
+        try:
+            chunks = model.interpolate_steps(a, b, t, np.linspace(0.0, 1.0, k), key=session.seed, clip=clip)
+        except ValueError as err:
+            yield View(status=warning(err))
             return
 
         def view(item, done):

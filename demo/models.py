@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ddpm_jax import samplers
 from ddpm_jax.pipeline import Diffusion
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,10 @@ CHOICES: dict[str, tuple[str, str]] = {
 }
 
 Loader = Callable[..., Diffusion]
+
+# The chain a new page starts on, and its steps per Denoise: the first click ends on a picture
+# (a 1000-step DDPM at 100 steps a click would end on noise at step 900).
+PAGE_SAMPLER, PAGE_CHAIN_STEPS = "dpmpp_2m", 20
 
 RETRY_AFTER_S = 60.0  # a failed fetch (e.g. offline, after the Hub's retries) is not retried sooner
 
@@ -124,8 +129,8 @@ class Models:
                 model = self._loader(name, chunk_size=self.chunk_size)
                 if self.warm:
                     t0 = time.perf_counter()
-                    warm_up(model)
-                    self._ran |= {_program(model, "denoise", 1), _program(model, "diffuse", 1)}
+                    chains = warm_up(model)
+                    self._ran |= {_program(c, kind, 1) for c in chains for kind in ("denoise", "diffuse")}
                     log.info("compiled %s in %.1f s", name, time.perf_counter() - t0)
             except Exception as err:  # any failure to fetch or read becomes a page message
                 log.warning("could not load %s: %s", name, err)
@@ -139,9 +144,19 @@ class Models:
             return model
 
 
-def warm_up(model: Diffusion, n: int = 1):
-    """Compile (or fetch from the persistent cache) what a first Reset,
-    Denoise and Diffuse at batch size `n` run: x_T, one reverse and one
-    forward chunk."""
-    x = next(model.denoise_steps(n, 1, key=0)).x
+def page_chain(model: Diffusion) -> Diffusion:
+    """`model` on the chain a new page starts on (`PAGE_SAMPLER` over `PAGE_CHAIN_STEPS`, fewer
+    where the model's T allows fewer): the page's first Denoise runs it to a picture."""
+    rule = samplers.get(PAGE_SAMPLER)
+    return model.respaced(min(PAGE_CHAIN_STEPS, rule.max_steps(model.num_timesteps)), rule)
+
+
+def warm_up(model: Diffusion, n: int = 1) -> tuple[Diffusion, Diffusion]:
+    """Compile (or fetch from the persistent caches) what a first Reset, Denoise and Diffuse at
+    batch size `n` run, on a new page's chain and on the API's default (all T steps of `model`'s
+    sampler): x_T, one reverse chunk of each, one forward chunk. Returns the two models."""
+    chains = model, page_chain(model)
+    for chain in chains:
+        x = next(chain.denoise_steps(n, 1, key=0)).x
     next(model.diffuse_steps(n, 1, x=x, curr_step=model.num_timesteps - 1, key=0)).x.block_until_ready()
+    return chains

@@ -19,6 +19,11 @@ TRAJECTORY_BUDGET_BYTES = 16 * 2**20
 TRAJECTORY_MAX_FRAMES = 1024
 
 
+class InvalidInput(str):
+    """A value the page refused before its handler ran (`inputs.screen_pictures`);
+    the handler answers with this message."""
+
+
 def parse_int(value, what: str, lo: int, hi: int) -> int:
     """An integer from a number field (int, integral float, or numeric text).
 

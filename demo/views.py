@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,15 @@ class _Keep:
 
 
 KEEP = _Keep()
+WARN = "⚠️ "
+# An absolute path of the server (two parts at least, "~/" included), not one inside a URL.
+_SERVER_PATH = re.compile(r"(?<![\w/:.-])~?(?:/[^\s/'\"()\[\],;]+){2,}")
+
+
+def warning(err) -> str:
+    """A refusal for the status line: WARN and the message, each server path in it
+    cut to its file name (the page never shows where the server keeps files)."""
+    return WARN + _SERVER_PATH.sub(lambda m: m[0].rsplit("/", 1)[1], str(err))
 
 
 @dataclass(frozen=True)

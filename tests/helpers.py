@@ -162,15 +162,22 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(models, max_upload_mb=10, **kwargs):
-    """The demo app on 127.0.0.1 (a free port), closed afterwards; yields its URL."""
+def serving(models, max_upload_mb=10, limits=None, **kwargs):
+    """The demo app on 127.0.0.1 (a free port), closed afterwards; yields its URL.
+    `limits`: more of `launch`'s upload bounds (client_upload_mb, total_upload_mb)."""
     from ddpm_jax.demo.app import build_app, launch
 
     app = build_app(models, "tiny", **kwargs)
     # A port the system picks, not Gradio's first free one from 7860: test workers
     # running side by side must never reach each other's server.
     _, url, _ = launch(
-        app, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True, max_upload_mb=max_upload_mb
+        app,
+        host="127.0.0.1",
+        port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        max_upload_mb=max_upload_mb,
+        **(limits or {}),
     )
     try:
         assert url.startswith("http://127.0.0.1:")
@@ -399,3 +406,48 @@ def inpaint_inputs(folder, keep_columns: int = 5) -> tuple[str, str]:
     pixels[:, :keep_columns] = 255
     Image.fromarray(pixels).save(mask)
     return str(picture), str(mask)
+
+
+def kill_train_steps_after(monkeypatch, n_steps: int):
+    """Every train step after the first `n_steps` (counted over every step function the trainer
+    makes from now on: all rounds of a distillation together) raises KeyboardInterrupt."""
+    import ddpm_jax.trainer as trainer_mod
+
+    real, calls = trainer_mod.make_train_step, []
+
+    def make(*args):
+        step = real(*args)
+
+        def killed(*a):
+            if len(calls) == n_steps:
+                raise KeyboardInterrupt("simulated kill")
+            calls.append(1)
+            return step(*a)
+
+        return killed
+
+    monkeypatch.setattr(trainer_mod, "make_train_step", make)
+
+
+def diffusers_dpm_solver(steps: int, *, clip=True, sde=False, prediction_type="epsilon"):
+    """diffusers' DPMSolverMultistepScheduler set up as our dpmpp_2m / dpmpp_2m_sde run
+    (the release's linear schedule, 1000 steps, linspace spacing), over `steps` steps."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        solver_order=2,
+        algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++",
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        timestep_spacing="linspace",
+        thresholding=clip,
+        sample_max_value=1.0,
+        prediction_type=prediction_type,
+    )
+    sched.set_timesteps(steps)
+    return sched

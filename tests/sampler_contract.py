@@ -5,10 +5,13 @@ tiny model (T = 40, chunks of 8): resume == one run, any batch or chunk size
 gives the same samples, no recompilation across seeds, starts and chain
 lengths, another sampler per call on the same compiled UNet, and the step
 against a float64 numpy reference written from the paper's equations
-(`REFERENCES`, keyed by name: a new sampler brings its own).
+(`REFERENCES`, keyed by name: a new sampler brings its own), for a network
+that predicts eps, v or x_0 (`eps_of` turns each into the eps a reference reads).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -16,6 +19,7 @@ import pytest
 
 from ddpm_jax import Diffusion, samplers
 from ddpm_jax.coefficients import SPACINGS, make_coefficients
+from ddpm_jax.config import PREDICTION_TYPES
 from ddpm_jax.schedule import get_beta_schedule
 
 from .helpers import TINY_DIFFUSION, TINY_UNET
@@ -30,6 +34,17 @@ def chain_abar(config, spacing: str, steps: int) -> np.ndarray:
         num_diffusion_timesteps=config.num_diffusion_timesteps,
     )
     return np.cumprod(1.0 - betas)[SPACINGS[spacing](len(betas), steps)]
+
+
+def eps_of(output, x, abar, prediction_type):
+    """The eps a network's output at x_t means: itself, from v = alpha eps - sigma x_0 (Salimans
+    & Ho 2022, Sec. 4: eps = alpha v + sigma x_t), or from x_0 (eq. 4 solved for eps)."""
+    alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
+    if prediction_type == "v":
+        return alpha * output + sigma * x
+    if prediction_type == "x0":
+        return (x - alpha * output) / sigma
+    return output
 
 
 def _x0(eps, x, abar, clip):
@@ -175,25 +190,27 @@ class SamplerContract:
             with pytest.raises(ValueError, match="steps"):
                 tiny_model.denoise(1, sampler=sampler, steps=bad)
 
+    @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
     @pytest.mark.parametrize("clip", [True, False])
     @pytest.mark.parametrize("steps", [STEPS, 39])
-    def test_step_matches_float64_reference(self, sampler_name, sampler, clip, steps):
+    def test_step_matches_float64_reference(self, sampler_name, sampler, clip, steps, prediction_type):
         if sampler_name not in REFERENCES:
             pytest.fail(
                 f"no float64 reference for sampler {sampler_name!r}: add one to tests/sampler_contract.py REFERENCES"
             )
         rng = np.random.default_rng(0)
         n = 4
-        eps, x, z, prev_x0 = (rng.normal(size=(n, 5, 5, 3)) for _ in range(4))
+        output, x, z, prev_x0 = (rng.normal(size=(n, 5, 5, 3)) for _ in range(4))
         t = np.array([0, 1, steps // 2, steps - 1], np.int32)
-        config = TINY_DIFFUSION
+        config = dataclasses.replace(TINY_DIFFUSION, prediction_type=prediction_type)
         coeffs = make_coefficients(config, steps, sampler.spacing)
         abar = chain_abar(config, sampler.spacing, steps)
+        eps = eps_of(output, x, abar[t][:, None, None, None], prediction_type)
         eta = 0.6 if sampler.eta is not None else None
         rule = sampler.with_eta(eta)
         for has_prev in (False, True):
             got, got_x0 = rule.apply(
-                *(a.astype(np.float32) for a in (eps, x)),
+                *(a.astype(np.float32) for a in (output, x)),
                 t,
                 z.astype(np.float32),
                 coeffs,

@@ -65,9 +65,15 @@ def test_scaling(tiny_path, train):
     assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1]) > 0 for r in rows), out
 
 
-def test_first_sample(tiny_path):
-    out = bench("first_sample.py", "--model", tiny_path, "--runs", 1)
-    assert re.search(r"cold \(empty compilation cache\): [\d.]+ s", out) and "with the cache: median" in out, out
+@pytest.mark.parametrize("torch", [pytest.param(False), pytest.param(True, marks=pytest.mark.slow)], ids=["", "torch"])
+def test_first_sample(tiny_path, torch):
+    out = bench("first_sample.py", "--model", tiny_path, "--runs", 1, *(["--torch"] if torch else []))
+    assert re.search(r"cold \(empty compilation cache\): [\d.]+ s", out) and "warm: median" in out, out
+    for who in ("ddpm_jax cold", "ddpm_jax warm"):
+        assert re.search(rf"{who}: import [\d.]+, load [\d.]+, first chain [\d.]+, the chain again", out), out
+    if torch:
+        assert re.search(r"PyTorch \+ diffusers: median [\d.]+ s", out), out
+        assert re.search(r"PyTorch \+ diffusers: import [\d.]+, load [\d.]+, chain [\d.]+, save", out), out
 
 
 @pytest.mark.slow
@@ -93,12 +99,22 @@ def check_sampling_results(res, variants, preset="tiny"):
         assert all(s > 0 for s in r["step_s"]) and r["peak_rss_mb"] > 0
         if r["variant"].startswith("jax"):
             assert r["compile_s"] > 0 and r["flops"] > 0 and all(s > 0 for s in r["sampler_s"])
+            assert 0 < r["run_flops"] <= r["flops"] * 1.05  # Winograd (or the same program) does no more work
     assert {c["variant"] for c in res["chains"]} == set(variants)
     assert all(c["steps"] == 20 and c["first_s"] > 0 and c["warm_s"] > 0 for c in res["chains"])
     diffs = res["parity"]["max_abs_diff"]
     assert set(diffs) == {v for v in variants if not res["variants"][v]["compiled"]}
     for v, d in diffs.items():  # float32 within the tests' 1e-4; bfloat16 near but not equal
         assert (0 <= d < 1e-4) if res["variants"][v]["precision"] == "float32" else (0 < d < 0.5), (v, d)
+
+
+@pytest.mark.slow
+def test_sampling_bench_times_every_cpu_engine_checked_against_pytorch(tmp_path):
+    out = tmp_path / "engines.json"
+    variants = ["jax_fast", "torch", "onnxruntime", "openvino"]
+    text = bench("sampling.py", "--preset", "tiny", "--variants", ",".join(variants), "--json", out, timeout=900)
+    check_sampling_results(json.loads(out.read_text()), variants)
+    assert re.search(r"jax_fast: vs torch [\d.]+x, vs onnxruntime [\d.]+x, vs openvino [\d.]+x", text), text
 
 
 @pytest.mark.slow

@@ -17,8 +17,9 @@ from PIL import Image
 
 from ddpm_jax.demo import render
 from ddpm_jax.demo.measure import CHROMIUM, CHROMIUM_ARGS
+from ddpm_jax.demo.models import PAGE_CHAIN_STEPS
 
-from .helpers import T, serving
+from .helpers import serving
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -51,35 +52,37 @@ def step_is(value):
 
 @contextlib.contextmanager
 def served_page(demo_models, height):
-    """The demo served on 127.0.0.1 and open in Chromium, after the page load's Reset."""
+    """The demo served on 127.0.0.1 and open in Chromium, after the page load's Reset (onto the
+    page's first chain: DPM-Solver++ over PAGE_CHAIN_STEPS steps)."""
     with serving(demo_models, min_interval=0.0) as url, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": height})
             page.goto(url)
-            page.wait_for_function(step_is(T), timeout=60_000)  # the page load resets
+            page.wait_for_function(step_is(PAGE_CHAIN_STEPS), timeout=60_000)  # the page load resets
             yield page
         finally:
             browser.close()
 
 
 def test_page_denoises_live(demo_models):
+    """A first visitor's first click, on the page's defaults, ends on a picture (step 0), live."""
+    S = PAGE_CHAIN_STEPS
     with served_page(demo_models, 900) as page:
         image = page.locator("#xt img")
         first = image.get_attribute("src")
         assert first.endswith(".png")
 
         page.evaluate(WATCH_STEP)
-        page.locator("#steps input").fill("30")
         page.click("#denoise")
-        page.wait_for_function(step_is(T - 30), timeout=60_000)
+        page.wait_for_function(step_is(0), timeout=60_000)
         page.wait_for_function(f"document.querySelector('#xt img').src !== '{first}'")
         seen = page.evaluate("window.seenSteps")
-        assert seen[0] == str(T) and seen[-1] == str(T - 30)
+        assert seen[0] == str(S) and seen[-1] == "0"
         live = [st for st in page.evaluate("window.seenStatus") if st.startswith("denoising: step")]
         assert live, page.evaluate("window.seenStatus")  # intermediate steps reached the page while it ran
-        assert "denoised 30 steps" in page.locator("#status").inner_text()
-        assert "30 / 30 steps" in page.locator("#bar").inner_text()  # the progress bar
+        assert f"denoised {S} steps" in page.locator("#status").inner_text()
+        assert f"{S} / {S} steps" in page.locator("#bar").inner_text()  # the progress bar
 
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / "demo-browser.png", full_page=True)
@@ -88,15 +91,14 @@ def test_page_denoises_live(demo_models):
         page.locator("#steps input").fill("0")
         page.click("#denoise")
         page.wait_for_function("document.querySelector('#status').innerText.includes('between 1 and')")
-        assert page.locator("#step input").input_value() == str(T - 30)
+        assert page.locator("#step input").input_value() == "0"
 
 
 @pytest.mark.slow
 def test_page_inpaints_a_painted_stroke(demo_models):
     """Sample 0 into the editor, a stroke down the middle, Inpaint: the middle changes, the sides stay."""
     with served_page(demo_models, 1400) as page:
-        page.locator("#steps input").fill(str(T))
-        page.click("#denoise")
+        page.click("#denoise")  # the page's whole first chain
         page.wait_for_function(step_is(0), timeout=60_000)
         before = shown_tile(page)
 

@@ -132,7 +132,7 @@ def test_scheduler_mapping():
     for bad, named in (
         ({"variance_type": "learned_range"}, "variance_type='learned_range'"),
         ({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule"),
-        ({"prediction_type": "v_prediction"}, "prediction_type"),
+        ({"prediction_type": "flow_prediction"}, "prediction_type='flow_prediction'"),
         ({"trained_betas": [0.1, 0.2]}, "trained_betas"),
         ({"_class_name": "DDIMScheduler"}, "DDIMScheduler"),
     ):

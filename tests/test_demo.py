@@ -290,6 +290,22 @@ def test_demo_command_binds_loopback_by_default():
     assert args.model == ["a", "b.safetensors"]
 
 
+def test_demo_command_bounds_uploads_in_total(capsys):
+    from ddpm_jax.cli import build_parser
+    from ddpm_jax.demo import cli
+
+    parser = build_parser(["demo"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--max-client-upload-mb" in help_text and "(default: 100)" in help_text and "(default: 1000)" in help_text
+    args = parser.parse_args(["demo"])
+    assert (args.max_upload_mb, args.max_client_upload_mb, args.max_total_upload_mb) == (10, 100, 1000)
+    args = parser.parse_args(["demo", "--max-client-upload-mb", "5"])  # less than one file
+    with pytest.raises(ValueError, match=r"--max-client-upload-mb must be at least --max-upload-mb \(10\)"):
+        cli.run(args)
+
+
 @pytest.mark.slow
 def test_demo_command_serves_and_fills_the_compilation_cache(model_path, tmp_path):
     import socket

@@ -13,7 +13,7 @@ from ddpm_jax.demo.handlers import Demo
 from ddpm_jax.demo.state import Session
 from ddpm_jax.inpainting import jump_schedule
 
-from .helpers import ONE_LEVEL_UNET, T, demo_client, serving
+from .helpers import CHUNK, ONE_LEVEL_UNET, T, demo_client, serving
 
 gradio_client = pytest.importorskip("gradio_client")
 SCALE = render.display_scale(ONE_LEVEL_UNET.resolution)  # 8x8 shown at 256x256
@@ -71,7 +71,7 @@ BAD_EDITS = [
     ("layers_none", "no mask painted"),
     ("no_background", "no picture in the editor"),
     ("small_layer", "the mask is 8x8 but the picture 128x128"),
-    ("junk", "could not be read"),
+    ("junk", "the editor's picture is not an image file Pillow reads"),
 ]
 
 
@@ -137,7 +137,7 @@ def test_interpolate_sample_0_and_another_seed(url, tmp_path):
     )
     assert abs(int(tiles(strip, 5)[-1].mean()) - 200) <= 1, status  # B is the upload
     for args, fragment in (
-        (("sample 0", None, "upload", None, 0, 20, 3, True), "no picture for B"),
+        (("sample 0", None, "upload", None, 0, 20, 3, True), "picture B is missing"),
         (("sample 0", None, "another seed", None, 1, T + 1, 3, True), "t must be between 1 and 40"),
         (("sample 0", None, "another seed", None, 1, 10, 1, True), "k must be between 2 and 12"),
         (("elsewhere", None, "another seed", None, 1, 10, 3, True), "A must come from"),
@@ -146,7 +146,7 @@ def test_interpolate_sample_0_and_another_seed(url, tmp_path):
         assert status.startswith("⚠️") and fragment in status, (args, status)
 
 
-def test_stop_during_inpainting_leaves_the_session_as_it_was(demo_models):
+def test_stop_during_inpainting_leaves_the_session_as_it_was(demo_models, tmp_path):
     demo, s = Demo(demo_models, "tiny", min_interval=0.0), Session()
     list(demo.reset(s, "tiny", False, 0, 1))
     list(demo.denoise(s, T, False, True))
@@ -154,7 +154,8 @@ def test_stop_during_inpainting_leaves_the_session_as_it_was(demo_models):
     bg = demo.to_editor(s).editor["background"]
     layer = np.zeros((*bg.shape[:2], 4), np.uint8)
     layer[:, : bg.shape[1] // 2, 3] = 255
-    chain = demo.inpaint(s, {"background": bg, "layers": [layer]}, 20, 2, 3, False, True)
+    edited = {"background": _save(tmp_path / "bg.png", bg), "layers": [_save(tmp_path / "layer.png", layer)]}
+    chain = demo.inpaint(s, edited, 20, 2, 3, False, True)
     next(chain)
     assert "stopped" in demo.stop(s, False).status
     list(chain)
@@ -165,15 +166,29 @@ def test_stop_during_inpainting_leaves_the_session_as_it_was(demo_models):
 def test_editing_helpers():
     small = np.arange(64, dtype=np.uint8).reshape(8, 8)
     big = np.repeat(np.repeat(small, 4, 0), 4, 1)
-    rgb = np.repeat(big[..., None], 3, -1)
+    rgb = Image.fromarray(np.repeat(big[..., None], 3, -1))
     x = editing.picture_at(rgb, 8, 1)
     assert x.shape == (8, 8, 1) and np.array_equal(np.rint((x[..., 0] + 1) * 127.5), small)
     assert editing.picture_at(rgb, 8, 3).shape == (8, 8, 3)
+    assert editing.picture_at(rgb.convert("RGBA"), 8, 1).shape == (8, 8, 1)
     layer = np.zeros((32, 32, 4), np.uint8)
     layer[:2, :, 3] = 255  # half of the first row of model pixels: covered 0.5 >= 0.25
     layer[8:9, :, 3] = 255  # a quarter of row 2
     layer[16 : 16 + 0, :, 3] = 255
-    mask = editing.fill_mask([layer], (32, 32), 8)
+    mask = editing.fill_mask([Image.fromarray(layer)], (32, 32), 8)
     assert mask[0].all() and mask[2].all() and not mask[1].any() and not mask[3:].any()
     with pytest.raises(ValueError, match="no mask painted"):
-        editing.fill_mask([np.zeros((32, 32, 4), np.uint8)], (32, 32), 8)
+        editing.fill_mask([Image.new("RGBA", (32, 32))], (32, 32), 8)
+    with pytest.raises(ValueError, match="the mask is 16x32 but the picture 32x32"):
+        editing.fill_mask([Image.new("RGBA", (16, 32))], (32, 32), 8)
+
+
+def test_stop_ends_drawing_another_seed_within_a_chunk(demo_models):
+    """B from another seed is a whole reverse chain: it runs chunk by chunk, and a Stop ends it."""
+    demo, s = Demo(demo_models, "tiny", min_interval=0.0), Session()
+    list(demo.reset(s, "tiny", False, 0, 1))
+    chain = demo.interpolate(s, "sample 0", None, "another seed", None, 3, 20, 4, True)
+    first = next(chain)  # after B's first chunk, not its whole chain
+    assert first.status == f"drawing B from its seed: step {T - CHUNK}" and f"{CHUNK} / {T} steps" in first.bar
+    assert "stopped" in demo.stop(s, False).status
+    assert list(chain) == []  # no more of B, no mixes

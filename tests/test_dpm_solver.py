@@ -31,7 +31,7 @@ from ddpm_jax.coefficients import linspace_timesteps  # noqa: E402
 from ddpm_jax.convert.diffusers_format import diffusers_to_flax  # noqa: E402
 from ddpm_jax.sampling import DENOISE, initial_noise, per_sample_normal  # noqa: E402
 
-from .helpers import ONE_LEVEL_UNET, numpy_state_dict, random_diffusers_unet  # noqa: E402
+from .helpers import ONE_LEVEL_UNET, diffusers_dpm_solver, numpy_state_dict, random_diffusers_unet  # noqa: E402
 
 log = logging.getLogger(__name__)
 TOL = 1e-4
@@ -68,27 +68,6 @@ def chain(peer):
     return get
 
 
-def scheduler(steps, *, clip=True, sde=False):
-    from diffusers import DPMSolverMultistepScheduler
-
-    sched = DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        beta_start=1e-4,
-        beta_end=0.02,
-        beta_schedule="linear",
-        solver_order=2,
-        algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++",
-        solver_type="midpoint",
-        lower_order_final=True,
-        final_sigmas_type="zero",
-        timestep_spacing="linspace",
-        thresholding=clip,
-        sample_max_value=1.0,
-    )
-    sched.set_timesteps(steps)
-    return sched
-
-
 def to_torch(a):
     return torch.from_numpy(np.asarray(a).transpose(0, 3, 1, 2).copy())
 
@@ -98,7 +77,7 @@ def diffusers_chain(model, steps, *, clip=True, sde=False) -> dict[int, np.ndarr
 
     Same x_T as ours; for the SDE our noise of chain index i goes in as variance_noise.
     """
-    sched = scheduler(steps, clip=clip, sde=sde)
+    sched = diffusers_dpm_solver(steps, clip=clip, sde=sde)
     key, ids = jax.random.key(KEY), jnp.arange(N)
     x = to_torch(initial_noise(key, ids, SHAPE))
     out = {}
@@ -114,7 +93,9 @@ def diffusers_chain(model, steps, *, clip=True, sde=False) -> dict[int, np.ndarr
 def compare(model, ours: Diffusion, steps, *, clip=True, sde=False) -> float:
     """Max |ours - diffusers| over every Step of our chain (relative to the scale when unclipped)."""
     theirs = diffusers_chain(model, steps, clip=clip, sde=sde)
-    np.testing.assert_array_equal(np.asarray(ours.coeffs.timesteps)[::-1], scheduler(steps).timesteps.numpy())
+    np.testing.assert_array_equal(
+        np.asarray(ours.coeffs.timesteps)[::-1], diffusers_dpm_solver(steps).timesteps.numpy()
+    )
     worst = 0.0
     for item in ours.denoise_steps(N, key=KEY, clip=clip):
         want = theirs[item.step]
@@ -151,7 +132,9 @@ def test_sde_variant_matches_diffusers(peer, chain):
 def test_linspace_timesteps_are_diffusers(peer):
     """Including numpy's round-half-to-even (S = 6: 166.5 -> 166)."""
     for steps in [1, 2, 6, 7, 10, 20, 50, 333, 998, 999]:
-        np.testing.assert_array_equal(linspace_timesteps(1000, steps)[::-1], scheduler(steps).timesteps.numpy())
+        np.testing.assert_array_equal(
+            linspace_timesteps(1000, steps)[::-1], diffusers_dpm_solver(steps).timesteps.numpy()
+        )
     assert 166 in linspace_timesteps(1000, 6)
 
 

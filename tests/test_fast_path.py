@@ -2,6 +2,7 @@
 direct convolution, the run-param layout, the fast UNet against the plain one
 (trained and random weights), mixed_bf16, and the XLA flags."""
 
+import os
 import subprocess
 import sys
 import warnings
@@ -225,6 +226,44 @@ def test_flags_are_added_once_and_a_users_own_setting_wins():
     mine = {"XLA_FLAGS": f"{name}=individual_dot"}
     cpu_flags.use_cpu_flags(mine)
     assert mine["XLA_FLAGS"] == f"{name}=individual_dot"
+
+
+# A fresh process: what `import ddpm_jax` leaves in XLA_FLAGS, and whether a Winograd model warns.
+IMPORT_SCRIPT = """
+import os, sys, warnings
+if sys.argv[1] == "started":
+    import jax.numpy as jnp; jnp.zeros(1).block_until_ready()
+import ddpm_jax
+from ddpm_jax.unet import init_params
+from tests.helpers import TINY_DIFFUSION, TINY_UNET
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    ddpm_jax.Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=init_params(TINY_UNET,
+        __import__("jax").random.key(0)), conv="winograd")
+print(os.environ.get("XLA_FLAGS", ""))
+print(sum("without its XLA flags" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.parametrize(
+    "case, env, want_flags, warns",
+    [
+        ("fresh", {}, True, 0),  # a library user who never calls use_cpu_flags gets the fast path
+        ("started", {}, False, 1),  # JAX ran before the import: too late, the warning stays
+        ("fresh", {"DDPM_JAX_CPU_FLAGS": "0"}, False, 1),  # opted out
+    ],
+)
+def test_importing_ddpm_jax_sets_the_flags_before_the_backend_starts(case, env, want_flags, warns):
+    mine = "--xla_cpu_enable_fast_math=false"  # a user's own flag: kept, first
+    inherited = {k: v for k, v in os.environ.items() if k != cpu_flags.OPT_OUT}
+    full = {**inherited, "XLA_FLAGS": mine, "JAX_PLATFORMS": "cpu", **env}
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_SCRIPT, case], env=full, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    flags, warned = out.stdout.strip().splitlines()[-2:]
+    assert flags.split() == ([mine, *cpu_flags.flags()] if want_flags else [mine])
+    assert int(warned) == warns
 
 
 def test_late_flags_and_a_fast_path_without_them_warn(monkeypatch, tiny_params):

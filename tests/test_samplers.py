@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ddpm_jax import samplers
-from ddpm_jax.diffusion import at, predict_x0
+from ddpm_jax.diffusion import at, model_prediction
 from ddpm_jax.samplers import Sampler
 
 from .sampler_contract import REFERENCES, SamplerContract, _x0
@@ -19,12 +19,10 @@ class TestEveryRegisteredSampler(SamplerContract):
         return request.param
 
 
-def _euler(eps, x, t, noise, coeffs, clip=True):
+def _euler(output, x, t, noise, coeffs, clip=True):
     """A throwaway sampler: one Euler step of the probability-flow ODE in
     y = x / sqrt(abar) against sigma = sqrt(1/abar - 1)."""
-    x0 = predict_x0(eps, x, t, coeffs)
-    if clip:
-        x0 = jnp.clip(x0, -1.0, 1.0)
+    _, x0 = model_prediction(output, x, t, coeffs, clip)
     abar, abar_prev = at(coeffs.alphas_cumprod, t), at(coeffs.alphas_cumprod_prev, t)
     sigma, sigma_prev = jnp.sqrt(1 / abar - 1), jnp.sqrt(1 / abar_prev - 1)
     d = (x / jnp.sqrt(abar) - x0) / sigma  # dx/dsigma of x / sqrt(abar)

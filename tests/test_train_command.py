@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 
-import ddpm_jax.trainer as train_mod
 from ddpm_jax import config
 from ddpm_jax.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
 from ddpm_jax.cli import main
 from ddpm_jax.pipeline import Diffusion
 from ddpm_jax.weights import flatten_params, load_weights
 
-from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION
+from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION, kill_train_steps_after
 
 
 @pytest.fixture(autouse=True)
@@ -51,29 +50,12 @@ def _train(out, steps, *extra):
     )
 
 
-def _kill_after(monkeypatch, n_steps):
-    real = train_mod.make_train_step
-
-    def make(*args):
-        step, calls = real(*args), []
-
-        def killed(*a):
-            if len(calls) == n_steps:
-                raise KeyboardInterrupt("simulated kill")
-            calls.append(1)
-            return step(*a)
-
-        return killed
-
-    monkeypatch.setattr(train_mod, "make_train_step", make)
-
-
 def test_killed_and_resumed_run_matches_one_run(tmp_path, monkeypatch):
     one, two = tmp_path / "one", tmp_path / "two"
     assert _train(one, 8, "--sample-every", "4") == 0
     assert (one / "samples" / "step-00000004.png").is_file()
     with monkeypatch.context() as m:
-        _kill_after(m, 7)  # dies during step 8; the last checkpoint is step 6
+        kill_train_steps_after(m, 7)  # dies during step 8; the last checkpoint is step 6
         with pytest.raises(KeyboardInterrupt):
             _train(two, 8, "--sample-every", "0")
     assert [p.name for p in list_checkpoints(two / "checkpoints")][-1] == "ckpt-00000006.safetensors"

@@ -55,6 +55,7 @@ def peak_bytes(fn):
         (DiffusionConfig, "beta_end", float("nan"), ValueError, r"beta_end=nan .* finite"),
         (DiffusionConfig, "beta_start", "1e-4", TypeError, "beta_start must be a number, got str"),
         (DiffusionConfig, "beta_schedule", "cosine", ValueError, "unknown beta schedule 'cosine'; valid: linear"),
+        (DiffusionConfig, "prediction_type", "x", ValueError, "unknown prediction_type 'x'; valid: eps, v, x0"),
         (UNetConfig, "resolution", 10**6, ValueError, r"resolution=1000000 .* <= 4096"),
         (UNetConfig, "resolution", True, TypeError, "must be an int, got the bool"),
         (UNetConfig, "in_channels", 0, ValueError, r"in_channels=0 .* expected 1 <="),
@@ -89,6 +90,7 @@ def _tiny_file(path, diffusion: dict, unet: dict, params=None):
     [
         ({"num_diffusion_timesteps": 10**9}, {}, "num_diffusion_timesteps=1000000000 is out of range"),
         ({"beta_end": 2.0}, {}, "beta_end=2.0 is out of range"),
+        ({"prediction_type": "v_prediction"}, {}, "unknown prediction_type 'v_prediction'; valid: eps, v, x0"),
         ({}, {"resolution": 8.5}, "resolution must be an int, got float 8.5"),
         ({}, [1, 2], "must be a JSON object of fields, got list"),
         ({}, None, "must be a JSON object of fields, got NoneType"),

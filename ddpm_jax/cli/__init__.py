@@ -22,6 +22,7 @@ import sys
 COMMANDS = {
     "sample": ("ddpm_jax.cli.sample", "denoise fresh noise into PNG images"),
     "train": ("ddpm_jax.cli.train", "train a DDPM with optax, checkpointed and resumable"),
+    "distill": ("ddpm_jax.cli.distill", "halve a model's sampling steps, round by round (progressive distillation)"),
     "demo": ("ddpm_jax.demo.cli", "serve the Gradio page to watch diffusion live"),
     "inpaint": ("ddpm_jax.cli.inpaint", "fill the masked part of a picture (RePaint), K completions and a grid"),
     "interpolate": ("ddpm_jax.cli.interpolate", "a strip from picture A to B through the latent x_t (paper Sec. 4.4)"),
@@ -60,9 +61,7 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    from ..cpu_flags import use_cpu_flags
-
-    use_cpu_flags()  # before any command starts JAX's backend
+    # (importing ddpm_jax, above, set the fast CPU path's XLA flags: see ddpm_jax.cpu_flags)
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("jax").setLevel(logging.WARNING)

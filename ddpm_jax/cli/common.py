@@ -3,6 +3,7 @@ check of an output folder, and loading a model the same way for every command.""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -44,6 +45,61 @@ def add_preset(p, help: str, *, default: str | None = None):
     from ..config import UNET_PRESETS
 
     p.add_argument("--config", choices=sorted(UNET_PRESETS), default=default, help=help)
+
+
+def add_data(p):
+    """--data and --strict-data: the images a training or distillation run learns from."""
+    p.add_argument(
+        "--data", required=True, help="'digits' (scikit-learn's, training split), an image folder, or a .npy/.npz"
+    )
+    p.add_argument(
+        "--strict-data", action="store_true", help="stop on a bad file in an image folder instead of skipping it"
+    )
+
+
+def add_optimizer(p, base=None):
+    """The `TrainConfig` flags (`train_config` reads them); each None unless given. Their defaults
+    are `base`'s (a `TrainConfig`) when given, else the preset's."""
+
+    def default(field):
+        return "the preset's" if base is None else repr(getattr(base, field))
+
+    p.add_argument("--batch", type=int, default=None, help=f"batch size (default: {default('batch_size')})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {default('learning_rate')})")
+    p.add_argument("--warmup", type=int, default=None, help="linear warmup steps")
+    p.add_argument("--grad-clip", type=float, default=None, help="global gradient norm clip")
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA decay per step")
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"random horizontal flips (--flip / --no-flip; default: {default('random_flip')})",
+    )
+    add_seed(p, default=None)
+
+
+def train_config(base, args):
+    """`base` (a `TrainConfig`) with the flags of `add_optimizer` that were given."""
+    from ..trainer import with_overrides
+
+    return with_overrides(
+        base,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup,
+        grad_clip=args.grad_clip,
+        ema_decay=args.ema_decay,
+        random_flip=args.flip,
+        seed=args.seed,
+    )
+
+
+def add_checkpoints(p, what: str = "the newest checkpoint in --out"):
+    """--resume and how often a run checkpoints and logs (`trainer.RunOptions`)."""
+    p.add_argument("--resume", action="store_true", help=f"continue from {what}")
+    p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps")
+    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    p.add_argument("--log-every", type=int, default=50, help="log.jsonl line every N steps")
 
 
 def check_out_dir(path, flag: str = "--out") -> Path:

@@ -18,14 +18,18 @@ def add_arguments(p):
     p.add_argument("--n", type=int, default=16, help="number of samples")
     add_seed(p)
     p.add_argument(
-        "--steps", type=int, default=None, help="sampling steps, respaced over T (default: all T; dpmpp_2m needs it)"
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps, respaced over T (default: the model's own, all T or a distilled model's N; "
+        "dpmpp_2m needs it)",
     )
     p.add_argument(
         "--sampler",
         choices=samplers.names(),
-        default="ddpm",
+        default=None,
         help="; ".join(f"{s.name}: {s.description}" for s in map(samplers.get, samplers.names()))
-        + " (linspace samplers need --steps < T)",
+        + " (linspace samplers need --steps < T; default: the model's own, ddpm or a distilled model's DDIM)",
     )
     p.add_argument(
         "--eta",
@@ -48,8 +52,8 @@ def add_arguments(p):
     g.add_argument("--process-id", type=int)
 
 
-def _check_flags(args) -> tuple[int, int, samplers.Sampler]:
-    """Every flag's range, before anything is loaded; returns (n, batch, sampler)."""
+def _check_flags(args) -> tuple[int, int, samplers.Sampler | None]:
+    """Every flag's range, before anything is loaded; returns (n, batch, sampler or None: the model's own)."""
     from ..checks import check_int
     from ..config import LIMITS
     from ..pipeline import SEED_RANGE
@@ -58,7 +62,8 @@ def _check_flags(args) -> tuple[int, int, samplers.Sampler]:
     batch = check_int("--batch", args.batch, 1, 10**6)
     if args.steps is not None:
         check_int("--steps", args.steps, 1, LIMITS["num_diffusion_timesteps"][1])
-    sampler = samplers.get(args.sampler, args.eta)  # an eta for a sampler without one is refused here
+    # An eta for a sampler without one is refused here (for the model's own sampler, once it is loaded).
+    sampler = None if args.sampler is None else samplers.get(args.sampler, args.eta)
     check_int("--seed", args.seed, *SEED_RANGE)  # no JAX call before jax.distributed.initialize
     return n, batch, sampler
 
@@ -71,7 +76,13 @@ def run(args) -> int:
 
     n, batch, sampler = _check_flags(args)
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    model = load_model(args.model, args.out, sharded=True, precision=args.precision).respaced(args.steps, sampler)
+    model = load_model(args.model, args.out, sharded=True, precision=args.precision)
+    if sampler is None:  # the model's own chain: a distilled model's N steps unless --steps says otherwise
+        sampler = model.sampler.with_eta(args.eta)
+        steps = model.num_timesteps if args.steps is None else args.steps
+    else:
+        steps = args.steps
+    model = model.respaced(steps, sampler)
     filled = fill_folder(
         model, args.out, n=n, batch=batch, seed=args.seed, file_format=args.format, model_name=args.model
     )

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-
-from .common import add_out, add_preset, add_seed, check_out_dir
+from .common import add_checkpoints, add_data, add_optimizer, add_out, add_preset, check_out_dir, train_config
 
 
 def add_arguments(p):
-    p.add_argument(
-        "--data", required=True, help="'digits' (scikit-learn's, training split), an image folder, or a .npy/.npz"
-    )
+    add_data(p)
     add_preset(p, "model and process preset (default: digits)", default="digits")
     p.add_argument("--steps", type=int, required=True, help="total optimizer steps to reach")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
     add_out(p, "run folder")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
-    p.add_argument("--warmup", type=int, default=None, help="linear warmup steps")
-    p.add_argument("--grad-clip", type=float, default=None, help="global gradient norm clip")
-    p.add_argument("--ema-decay", type=float, default=None, help="EMA decay per step")
-    p.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random horizontal flips (--flip / --no-flip; default: the preset's)",
-    )
-    add_seed(p, default=None)
-    p.add_argument(
-        "--strict-data", action="store_true", help="stop on a bad file in an image folder instead of skipping it"
-    )
-    p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps")
-    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    add_optimizer(p)
+    add_checkpoints(p)
     p.add_argument("--sample-every", type=int, default=2000, help="write an EMA sample grid every N steps (0: never)")
-    p.add_argument("--log-every", type=int, default=50, help="log.jsonl line every N steps")
 
 
 def run(args) -> int:
@@ -43,7 +22,7 @@ def run(args) -> int:
     from ..config import DIFFUSION_PRESETS, UNET_PRESETS
     from ..data import load_dataset
     from ..train import TRAIN_PRESETS, TrainConfig
-    from ..trainer import RunOptions, open_run, with_overrides
+    from ..trainer import RunOptions, open_run
     from ..unet import count_params
 
     check_out_dir(args.out)
@@ -54,16 +33,7 @@ def run(args) -> int:
         sample_every=args.sample_every,
         log_every=args.log_every,
     )
-    tcfg = with_overrides(
-        TRAIN_PRESETS.get(args.config, TrainConfig()),
-        batch_size=args.batch,
-        learning_rate=args.lr,
-        warmup_steps=args.warmup,
-        grad_clip=args.grad_clip,
-        ema_decay=args.ema_decay,
-        random_flip=args.flip,
-        seed=args.seed,
-    )
+    tcfg = train_config(TRAIN_PRESETS.get(args.config, TrainConfig()), args)
     ucfg, dcfg = UNET_PRESETS[args.config], DIFFUSION_PRESETS[args.config]
     enable_compilation_cache()
     data = load_dataset(args.data, ucfg.resolution, ucfg.in_channels, strict=args.strict_data)

@@ -1,0 +1,109 @@
+"""Programs kept on disk (`ddpm_jax.stored_programs`): a later process reads them instead of
+tracing, the key names everything that shapes a program, damage is repaired, and code from
+outside ddpm_jax is never stored."""
+
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax import stored_programs
+from ddpm_jax.samplers import get as get_sampler
+from ddpm_jax.stored_programs import SUFFIX, StoredJit
+
+EXPORTS = []
+
+
+def _chunk(tables, x, k, *, scale, sampler):
+    return {"y": x * scale + tables["a"][k], "name": jnp.full(x.shape[0], len(sampler.name))}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """Programs in tmp_path, none held in this process: as a new process starts. EXPORTS counts
+    the programs traced and exported (in a new process, each a trace of the function)."""
+    monkeypatch.setattr(stored_programs, "folder", lambda: tmp_path)
+    monkeypatch.setattr(stored_programs, "_PROGRAMS", type(stored_programs._PROGRAMS)())
+    export = jax.export.export
+    monkeypatch.setattr(jax.export, "export", lambda f: EXPORTS.append(f) or export(f))
+    EXPORTS.clear()
+    return tmp_path
+
+
+def _stored(fingerprint="model A"):
+    return StoredJit(jax.jit(_chunk, static_argnames=("scale", "sampler")), "chunk", fingerprint)
+
+
+ARGS = ({"a": jnp.arange(4.0)}, jnp.ones((2, 3)), 2)
+
+
+def test_a_new_process_reads_the_program_instead_of_tracing(store):
+    want = jax.jit(_chunk, static_argnames=("scale", "sampler"))(*ARGS, scale=3.0, sampler=get_sampler("ddim"))
+    got = _stored()(*ARGS, scale=3.0, sampler=get_sampler("ddim"))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert len(EXPORTS) == 1 and len(list(store.glob(f"*{SUFFIX}"))) == 1
+    stored_programs._PROGRAMS.clear()  # a new process: nothing held, the file is there
+    again = _stored()
+    got = again(({"a": jnp.arange(4.0) + 1}), jnp.zeros((2, 3)), 1, scale=3.0, sampler=get_sampler("ddim"))
+    np.testing.assert_array_equal(got["y"], np.full((2, 3), 2.0))  # other values, same program
+    assert len(EXPORTS) == 1 and again._cache_size() == 1  # read, not traced
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(fingerprint="model B"),  # another model's configs
+        dict(scale=4.0),  # a static argument
+        dict(sampler=get_sampler("ddim", 0.5)),  # a sampler's field
+        dict(x=jnp.ones((3, 3))),  # a shape
+        dict(x=jnp.ones((2, 3), jnp.bfloat16)),  # a dtype
+    ],
+)
+def test_whatever_shapes_the_program_is_in_its_key(store, change):
+    kwargs = dict(scale=3.0, sampler=get_sampler("ddim"))
+    _stored()(*ARGS, **kwargs)
+    other = dict(kwargs, **{k: v for k, v in change.items() if k in kwargs})
+    args = (ARGS[0], change.get("x", ARGS[1]), ARGS[2])
+    _stored(change.get("fingerprint", "model A"))(*args, **other)
+    assert len(list(store.glob(f"*{SUFFIX}"))) == 2 and len(EXPORTS) == 2
+
+
+def test_the_source_of_ddpm_jax_is_in_the_key(store, monkeypatch):
+    _stored()(*ARGS, scale=3.0, sampler=get_sampler("ddpm"))
+    stored_programs._PROGRAMS.clear()
+    monkeypatch.setattr(stored_programs, "source_hash", lambda: "edited")  # ddpm_jax's code changed
+    _stored()(*ARGS, scale=3.0, sampler=get_sampler("ddpm"))
+    assert len(list(store.glob(f"*{SUFFIX}"))) == 2 and len(EXPORTS) == 2
+
+
+def test_a_damaged_program_is_exported_again(store, caplog):
+    _stored()(*ARGS, scale=3.0, sampler=get_sampler("ddpm"))
+    (path,) = store.glob(f"*{SUFFIX}")
+    path.write_bytes(b"not a program")
+    stored_programs._PROGRAMS.clear()
+    got = _stored()(*ARGS, scale=3.0, sampler=get_sampler("ddpm"))
+    np.testing.assert_array_equal(got["y"], np.full((2, 3), 5.0))
+    assert "cannot be read" in caplog.text and path.stat().st_size > 100
+
+
+@dataclass(frozen=True)
+class Outside:
+    name: str = "x"
+    step: object = staticmethod(lambda x: x)
+
+
+def test_code_from_outside_ddpm_jax_is_never_stored(store):
+    """A sampler whose step this package does not hold: its source is not in the key."""
+    got = _stored()(*ARGS, scale=3.0, sampler=Outside())
+    np.testing.assert_array_equal(got["y"], np.full((2, 3), 5.0))
+    assert not list(store.glob(f"*{SUFFIX}"))
+
+
+def test_off_without_the_compilation_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(stored_programs, "folder", lambda: None)
+    f = partial(_stored(), scale=3.0, sampler=get_sampler("ddpm"))
+    np.testing.assert_array_equal(f(*ARGS)["y"], np.full((2, 3), 5.0))
+    assert not list(tmp_path.iterdir())
