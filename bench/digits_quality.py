@@ -17,6 +17,7 @@ with as many training digits as samples (FD shrinks as its sample grows).
 
     python bench/digits_quality.py                      # bundled `digits`, 1000 samples, all T steps
     python bench/digits_quality.py --model run/ema.safetensors --n 500 --steps 1000
+    python bench/digits_quality.py --model digits_4step                # a distilled model: its own 4 steps
 """
 
 from __future__ import annotations
@@ -78,11 +79,12 @@ def sample_digits(
     steps: int | None,
     batch: int,
     seed: int,
-    sampler: str = "ddpm",
+    sampler: str | None = None,
     eta: float | None = None,
     clip: bool = True,
 ):
-    """n samples (`sampler` over `steps` respaced steps or all T) as 8x8 digits in [0, 16], and seconds."""
+    """n samples (`sampler` over `steps` respaced steps or all T; None: the model's own chain) as
+    8x8 digits in [0, 16], the sampler's name, its steps and seconds."""
     from ddpm_jax import Diffusion
     from ddpm_jax.data import images_to_digits
 
@@ -96,7 +98,8 @@ def sample_digits(
         x = model.denoise(k, key=seed, first_index=first, clip=clip)
         out.append(np.asarray(x))
         print(f"  sampled {first + k}/{n} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    return images_to_digits(np.concatenate(out)), time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return images_to_digits(np.concatenate(out)), model.sampler.name, model.num_timesteps, seconds
 
 
 def main(argv=None) -> int:
@@ -106,7 +109,12 @@ def main(argv=None) -> int:
     p.add_argument(
         "--steps", type=int, default=None, help="sampling steps: the chain respaced to this many (default: all T)"
     )
-    p.add_argument("--sampler", choices=samplers.names(), default="ddpm")
+    p.add_argument(
+        "--sampler",
+        choices=samplers.names(),
+        default=None,
+        help="default: the model's own chain (DDPM over all T; a distilled model's N steps of ddim_trailing)",
+    )
     p.add_argument("--eta", type=float, default=None, help="DDIM's eta (default 0)")
     p.add_argument(
         "--no-clip", dest="clip", action="store_false", help="do not clip the predicted x_0 to [-1, 1] at each step"
@@ -125,7 +133,7 @@ def main(argv=None) -> int:
     accuracy = float(clf.score(x_te.reshape(len(x_te), -1) / 16.0, y_te))
     ref = hidden_features(clf, x_te)
 
-    samples, seconds = sample_digits(
+    samples, sampler, steps, seconds = sample_digits(
         args.model, args.n, args.steps, args.batch, args.seed, args.sampler, args.eta, args.clip
     )
     real = judge(clf, x_te, ref)
@@ -139,8 +147,8 @@ def main(argv=None) -> int:
     model = judge(clf, samples, ref)
     result = {
         "model": args.model,
-        "steps": args.steps or "T",
-        "sampler": args.sampler,
+        "steps": steps,
+        "sampler": sampler,
         "eta": args.eta,
         "clip": args.clip,
         "seed": args.seed,
@@ -163,7 +171,7 @@ def main(argv=None) -> int:
     )
     print(
         f"{'samples (' + str(args.n) + ')':24}{model['confident']:10.4f}{model['entropy']:10.4f}"
-        f"{model['frechet']:10.3f}  ({args.sampler}, {args.steps or 'all'} steps, "
+        f"{model['frechet']:10.3f}  ({sampler}, {steps} steps, "
         f"{'' if args.clip else 'unclipped, '}{seconds:.0f} s)"
     )
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["targets"].items()))

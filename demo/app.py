@@ -182,6 +182,7 @@ def build_app(
             download=download,
             editor=editor,
             strip=strip,
+            per_click=steps,
         )
         shown = ("image", "step", "status", "plot")
 
@@ -190,9 +191,9 @@ def build_app(
 
         chain = dict(show_progress="minimal", concurrency_id="chains", concurrency_limit=concurrency)
         reset_in = [session, model, ema, seed, batch, sampler, chain_steps]
-        on(reset_btn.click, demo.reset, reset_in, (*shown, "model", "ema"), api_name="reset")
+        on(reset_btn.click, demo.reset, reset_in, (*shown, "model", "ema", "per_click"), api_name="reset")
         for trigger in (model.input, ema.input):
-            on(trigger, demo.reset, reset_in, (*shown, "model", "ema"), api_visibility="private")
+            on(trigger, demo.reset, reset_in, (*shown, "model", "ema", "per_click"), api_visibility="private")
         # A new page starts on a chain that its first Denoise runs to a picture; API clients keep
         # the components' own defaults (ddpm over all T, 100 steps a call).
         page_chain = app.load(
@@ -202,7 +203,7 @@ def build_app(
             queue=False,
             api_visibility="private",
         )
-        on(page_chain.then, demo.reset, reset_in, (*shown, "model", "ema"), api_visibility="private")
+        on(page_chain.then, demo.reset, reset_in, (*shown, "model", "ema", "per_click"), api_visibility="private")
         on(
             denoise_btn.click,
             demo.denoise,

@@ -28,7 +28,7 @@ from ddpm_jax.pipeline import as_key
 from ddpm_jax.sampling import initial_noise
 
 from . import editing, render
-from .models import Models, ModelUnavailable
+from .models import Models, ModelUnavailable, own_chain_only
 from .pictures import load_picture, open_picture
 from .state import InvalidInput, Session, parse_bool, parse_int
 from .views import KEEP, WARN, View, warning
@@ -143,13 +143,17 @@ class Demo:
         ema = parse_bool(ema, "EMA")
         seed = parse_int(seed, "seed", 0, 2**31 - 1)
         n = parse_int(batch, "batch size", 1, MAX_BATCH)
-        rule = samplers.get(sampler)
-        T = self.models.get(choice, ema).diffusion_config.num_diffusion_timesteps
-        most = rule.max_steps(T)
-        # The page's empty number field sends 0: 0 (or nothing) means all T steps.
-        steps = None if chain_steps in (None, "") else parse_int(chain_steps, "chain steps", 0, most) or None
-        if steps is None and most < T:
-            raise ValueError(f"{sampler} needs a number of chain steps (1..{most}; 10 to 20 is plenty)")
+        base = self.models.get(choice, ema)
+        if own_chain_only(base):  # the page's sampler and chain steps do not apply
+            sampler, steps = base.sampler.name, None
+        else:
+            rule = samplers.get(sampler)
+            T = base.diffusion_config.num_diffusion_timesteps
+            most = rule.max_steps(T)
+            # The page's empty number field sends 0: 0 (or nothing) means all T steps.
+            steps = None if chain_steps in (None, "") else parse_int(chain_steps, "chain steps", 0, most) or None
+            if steps is None and most < T:
+                raise ValueError(f"{sampler} needs a number of chain steps (1..{most}; 10 to 20 is plenty)")
         model = self.models.get(choice, ema, sampler, steps)
         x = initial_noise(as_key(seed), jnp.arange(n, dtype=jnp.int32), model.image_shape)
         with session.lock:
@@ -182,11 +186,16 @@ class Demo:
             yield self._view(session, False, status).but(model=session.choice or choice, ema=session.ema)
             return
         T = model.num_timesteps
-        chain = (
-            "" if session.chain_steps is None and session.sampler == "ddpm" else f", {session.sampler} over {T} steps"
-        )
+        if own_chain_only(model):
+            chain = f", distilled: its own {session.sampler} chain of {T} steps (the page's sampler does not apply)"
+        elif session.chain_steps is None and session.sampler == "ddpm":
+            chain = ""
+        else:
+            chain = f", {session.sampler} over {T} steps"
         status = f"{choice}{' (EMA)' if session.ema else ''}{chain}: fresh x_T, step {T} of T={T}"
-        yield self._view(session, False, status).but(model=session.choice, ema=session.ema)
+        view = self._view(session, False, status).but(model=session.choice, ema=session.ema)
+        # A distilled chain is short: one Denoise runs all of it.
+        yield view.but(per_click=T) if own_chain_only(model) else view
 
     def view(self, session: Session, show_x0):
         """The session re-shown (x_t or predicted x_0); the status line stays."""

@@ -16,10 +16,12 @@ from ddpm_jax.pipeline import Diffusion
 
 log = logging.getLogger(__name__)
 
-# choice -> (name, EMA name). The digits model ships with the package; the
+# choice -> (name, EMA name). The digits models ship with the package (digits_4step: distilled
+# from digits, it samples on its own 4-step chain only, whatever the page's sampler); the
 # others are fetched (pesser/pytorch_diffusion checkpoints, the Hub) on first use.
 CHOICES: dict[str, tuple[str, str]] = {
     "digits": ("digits", "digits"),
+    "digits_4step": ("digits_4step", "digits_4step"),
     "cifar10": ("cifar10", "ema_cifar10"),
     "lsun_bedroom": ("lsun_bedroom", "ema_lsun_bedroom"),
     "lsun_cat": ("lsun_cat", "ema_lsun_cat"),
@@ -99,13 +101,13 @@ class Models:
             self._ran.add(key)
         return new
 
-    def get(self, choice: str, ema: bool = False, sampler: str = "ddpm", steps: int | None = None) -> Diffusion:
-        """The shared model for a choice, loading it on first use (once); with a
-        sampler other than full DDPM, or `steps`, the same model with that
+    def get(self, choice: str, ema: bool = False, sampler: str | None = None, steps: int | None = None) -> Diffusion:
+        """The shared model for a choice, loading it on first use (once), on its own chain
+        (all T steps of DDPM; a distilled model's N); with another sampler, or `steps`, the same model with that
         default chain (`Diffusion.respaced`: it shares the compiled UNet, and
         each sampler compiles once per server and batch size, whatever its steps)."""
         model = self._load(choice, ema)
-        if sampler == "ddpm" and steps in (None, model.num_timesteps):
+        if sampler in (None, model.sampler.name) and steps in (None, model.num_timesteps):
             return model
         return model.respaced(steps, sampler)
 
@@ -144,18 +146,27 @@ class Models:
             return model
 
 
+def own_chain_only(model: Diffusion) -> bool:
+    """A distilled model samples on its own chain only: it learned no other timesteps."""
+    return model.diffusion_config.distilled_steps is not None
+
+
 def page_chain(model: Diffusion) -> Diffusion:
     """`model` on the chain a new page starts on (`PAGE_SAMPLER` over `PAGE_CHAIN_STEPS`, fewer
-    where the model's T allows fewer): the page's first Denoise runs it to a picture."""
+    where the model's T allows fewer; a distilled model's own chain): the page's first Denoise
+    runs it to a picture."""
+    if own_chain_only(model):
+        return model
     rule = samplers.get(PAGE_SAMPLER)
     return model.respaced(min(PAGE_CHAIN_STEPS, rule.max_steps(model.num_timesteps)), rule)
 
 
-def warm_up(model: Diffusion, n: int = 1) -> tuple[Diffusion, Diffusion]:
+def warm_up(model: Diffusion, n: int = 1) -> tuple[Diffusion, ...]:
     """Compile (or fetch from the persistent caches) what a first Reset, Denoise and Diffuse at
     batch size `n` run, on a new page's chain and on the API's default (all T steps of `model`'s
-    sampler): x_T, one reverse chunk of each, one forward chunk. Returns the two models."""
-    chains = model, page_chain(model)
+    sampler): x_T, one reverse chunk of each, one forward chunk. Returns the models (one for a
+    distilled model)."""
+    chains = (model,) if own_chain_only(model) else (model, page_chain(model))
     for chain in chains:
         x = next(chain.denoise_steps(n, 1, key=0)).x
     next(model.diffuse_steps(n, 1, x=x, curr_step=model.num_timesteps - 1, key=0)).x.block_until_ready()

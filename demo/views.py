@@ -47,6 +47,7 @@ class View:
     download: Any = KEEP  # a file to download
     editor: Any = KEEP  # the inpainting editor: a picture to paint the mask on
     strip: Any = KEEP  # the interpolation strip, A to B
+    per_click: Any = KEEP  # steps per Denoise/Diffuse
 
     def but(self, **changes) -> View:
         return dataclasses.replace(self, **changes)

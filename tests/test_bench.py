@@ -5,6 +5,7 @@ they say they do."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from ddpm_jax.weights import save_weights
 
 from .helpers import ONE_LEVEL_UNET, tiny_diffusion_model
 
@@ -81,7 +84,29 @@ def test_digits_quality(tiny_path, tmp_path):
     out = bench("digits_quality.py", "--model", tiny_path, "--n", 20, "--batch", 20, "--json", tmp_path / "q.json")
     result = json.loads((tmp_path / "q.json").read_text())
     assert result["samples"]["n"] == 20 and 0 <= result["samples"]["confident"] <= 1
+    assert (result["sampler"], result["steps"]) == ("ddpm", 10)  # the model's own chain: all T
     assert result["heldout_real"]["n"] == 450 and "targets" in result and "held-out real digits" in out
+
+
+@pytest.mark.slow
+def test_few_steps_times_the_distilled_chain_beside_its_teachers(tmp_path):
+    teacher = tiny_diffusion_model(ONE_LEVEL_UNET, T=100)
+    teacher.save_pretrained(tmp_path / "teacher.safetensors")
+    distilled = dataclasses.replace(teacher.diffusion_config, prediction_type="v", distilled_steps=4)
+    save_weights(
+        tmp_path / "distilled.safetensors", teacher.params, diffusion_config=distilled, unet_config=ONE_LEVEL_UNET
+    )
+    paths = (tmp_path / "distilled.safetensors", tmp_path / "teacher.safetensors")
+    out = bench("few_steps.py", "--distilled", paths[0], "--teacher", paths[1], "--n", 2, "--runs", 1, "--repeats", 1)
+    rows = re.findall(
+        r"^(distilled, own chain|DPM-Solver\+\+\(2M\), 10 steps|DDIM \(eta 0\), 50 steps)\s+\S+\s+(\d+)\s", out, re.M
+    )
+    assert rows == [
+        ("distilled, own chain", "4"),
+        ("DPM-Solver++(2M), 10 steps", "10"),
+        ("DDIM (eta 0), 50 steps", "50"),
+    ], out
+    assert len(re.findall(r": cold [\d.]+ s; warm median [\d.]+ s", out)) == 3, out
 
 
 def cpu_model():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 
 import numpy as np
@@ -15,6 +16,7 @@ from ddpm_jax.demo import render
 from ddpm_jax.demo.handlers import Demo
 from ddpm_jax.demo.models import Models, ModelUnavailable
 from ddpm_jax.demo.state import Session, Trajectory, parse_int
+from ddpm_jax.weights import save_weights
 
 from .helpers import CHUNK, ONE_LEVEL_UNET, T, demo_client, make_tiny_model, serving, tiny_models
 
@@ -126,7 +128,7 @@ def test_unavailable_model_leaves_the_page_usable(url):
     for ema in (False, True):
         out = c.predict("broken", ema, 4, 1, api_name="/reset")
         assert out[2].startswith("⚠️ could not load broken") and "still on tiny" in out[2]
-        assert out[1] == T - 3 and out[4:] == ("tiny", False)  # dropdown reverted
+        assert out[1] == T - 3 and out[4:6] == ("tiny", False)  # dropdown reverted
     out = c.predict("broken", False, 4, 1, api_name="/reset")
     assert "next try in" in out[2]  # a failed fetch is not retried at once
     check_view(c.predict(3, False, True, api_name="/denoise"), T - 6)
@@ -386,3 +388,21 @@ def test_a_dpm_solver_chain_split_by_the_page_equals_one_call(models):
     bad = list(demo.reset(s, "tiny", False, 3, 2, "dpmpp_2m", T))
     assert "chain steps must be between 0 and 39" in bad[-1].status and s.step == 0
     assert list(demo.reset(s, "tiny", False, 3, 2, "ddim", 0))[-1].step == T  # 0: all T steps
+
+
+def test_a_distilled_model_runs_its_own_chain_whatever_the_page_says(model_path, tmp_path):
+    """A distilled model learned only its own timesteps: the page's sampler and chain steps
+    give way to its chain, and the status line says so."""
+    tiny = Diffusion.from_pretrained(model_path)
+    config = dataclasses.replace(tiny.diffusion_config, prediction_type="v", distilled_steps=4)
+    path = str(tmp_path / "distilled.safetensors")
+    save_weights(path, tiny.params, diffusion_config=config, unet_config=tiny.unet_config)
+    models = Models({"tiny4": (path, path)}, chunk_size=CHUNK)
+    demo, s = Demo(models, "tiny4", min_interval=0.0), Session()
+    out = list(demo.reset(s, "tiny4", False, 3, 2, "dpmpp_2m", 10))[-1]
+    assert out.step == 4 and "distilled: its own ddim_trailing chain of 4 steps" in out.status, out.status
+    assert out.per_click == 4  # the page's steps per Denoise: the whole chain
+    assert [v.step for v in demo.denoise(s, out.per_click, False, True)][-1] == 0
+    direct = Diffusion.from_pretrained(path).denoise(2, key=3)
+    np.testing.assert_array_equal(np.asarray(s.x), np.asarray(direct))
+    assert list(demo.reset(s, "tiny4", False, 3, 2, "ddpm", None))[-1].step == 4

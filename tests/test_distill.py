@@ -59,9 +59,10 @@ def test_trailing_chains_halve_into_each_other(T):
         S //= 2
 
 
-def test_target_is_two_teacher_ddim_steps_in_one(teacher):
-    """Alg. 2's x~ against float64 DDIM (Song et al. eq. 12); one student DDIM step that predicts
-    x~ lands where two teacher steps land."""
+@pytest.mark.parametrize("clip", [False, True])
+def test_target_is_two_teacher_ddim_steps_in_one(teacher, clip):
+    """Alg. 2's x~ against float64 DDIM (Song et al. eq. 12), the teacher's x_0 clipped or not;
+    one student DDIM step that predicts x~ lands where two teacher steps land."""
     dcfg, ucfg, params = teacher
     n = 4
     net = UNet(ucfg)
@@ -73,7 +74,7 @@ def test_target_is_two_teacher_ddim_steps_in_one(teacher):
     j = np.arange(n)  # every student step, the last (to x_0) included
     k = 2 * j + 1
     z2 = two_teacher_steps(
-        apply, jnp.asarray(z, jnp.float32), jnp.asarray(k, jnp.int32), make_coefficients(dcfg, 2 * n, "trailing")
+        apply, jnp.asarray(z, jnp.float32), jnp.asarray(k, jnp.int32), make_coefficients(dcfg, 2 * n, "trailing"), clip
     )
 
     tables = coefficients_float64(dcfg, 2 * n, "trailing")
@@ -83,9 +84,15 @@ def test_target_is_two_teacher_ddim_steps_in_one(teacher):
         a, a_prev = abar[i + 1][:, None, None, None], abar[i][:, None, None, None]
         eps = np.asarray(apply(jnp.asarray(x, jnp.float32), jnp.asarray(tables["timesteps"][i], jnp.int32)), np.float64)
         x0 = (x - np.sqrt(1 - a) * eps) / np.sqrt(a)
+        if clip:  # x_0 clipped, eps re-derived from it
+            clipped[0] |= bool((np.abs(x0) > 1).any())
+            x0 = np.clip(x0, -1, 1)
+            eps = (x - np.sqrt(a) * x0) / np.sqrt(1 - a)
         return np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
 
+    clipped = [False]
     ref2 = ddim(ddim(z, k), k - 1)
+    assert clipped[0] == clip  # the clip was exercised
     np.testing.assert_allclose(np.asarray(z2), ref2, atol=2e-4)
 
     a, a2 = (np.sqrt(abar[i + 1])[:, None, None, None] for i in (k, k - 2))
@@ -110,17 +117,16 @@ class _ExactStudent:
     """The UNet for the teacher's params; for params {"exact": ...}, the exact two-step map
     (output as the student's prediction type reads it): a student that matches the target."""
 
-    def __init__(self, ucfg, inputs, prediction):
-        self.net, self.inputs, self.prediction = UNet(ucfg), inputs, prediction
+    def __init__(self, ucfg, inputs, prediction, clip):
+        self.net, self.inputs, self.prediction, self.clip = UNet(ucfg), inputs, prediction, clip
 
     def apply(self, variables, z, t, train=False, rngs=None):
         if "exact" not in variables["params"]:
             return self.net.apply(variables, z, t)
         s = self.inputs.student
         j = jnp.searchsorted(s.timesteps, t)
-        z2 = two_teacher_steps(
-            lambda x, u: self.net.apply({"params": self.inputs.teacher_params}, x, u), z, 2 * j + 1, self.inputs.teacher
-        )
+        teacher = lambda x, u: self.net.apply({"params": self.inputs.teacher_params}, x, u)  # noqa: E731
+        z2 = two_teacher_steps(teacher, z, 2 * j + 1, self.inputs.teacher, self.clip)
         cols = [
             s.sqrt_alphas_cumprod,
             s.sqrt_one_minus_alphas_cumprod,
@@ -132,14 +138,21 @@ class _ExactStudent:
         return x0 if self.prediction == "x0" else (alpha * z - x0) / sigma  # x_0 = alpha z - sigma v
 
 
+@pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("prediction, tol", [("x0", 0.0), ("v", 1e-9)])
-def test_a_student_that_is_the_two_step_map_has_zero_loss(teacher, digits, prediction, tol):
+def test_a_student_that_is_the_two_step_map_has_zero_loss(teacher, digits, prediction, tol, clip):
     dcfg, ucfg, params = teacher
     inputs = round_inputs(params, dcfg, _student(prediction), "truncated_snr")
-    model = _ExactStudent(ucfg, inputs, prediction)
     x0, key = digits[:8], jax.random.key(3)
-    assert float(distillation_loss({"exact": jnp.zeros(())}, model, x0, key, inputs)) <= tol
-    assert float(distillation_loss(params, model, x0, key, inputs)) > 1e-3  # the teacher's net read as v or x_0
+    exact = {"exact": jnp.zeros(())}
+
+    def loss(p, model_clip, loss_clip):
+        model = _ExactStudent(ucfg, inputs, prediction, model_clip)
+        return float(distillation_loss(p, model, x0, key, inputs, clip_teacher=loss_clip))
+
+    assert loss(exact, clip, clip) <= tol
+    assert loss(exact, not clip, clip) > 1e-3  # the map of the other teacher is not the target
+    assert loss(params, clip, clip) > 1e-3  # the teacher's net read as v or x_0
 
 
 def test_loss_weights_are_the_papers():
@@ -260,6 +273,7 @@ def test_the_command_end_to_end(tmp_path, capsys):
     args = ["distill", "--model", teacher, "--data", "digits", "--out", str(run), "--from-steps", "16"]
     assert main([*args, "--steps-per-round", "2", "--ckpt-every", "2", *FLAGS]) == 0  # to 4 steps by default
     assert "distilled to 4 steps" in capsys.readouterr().out
+    assert json.loads((run / "distill.json").read_text())["plan"]["clip_teacher"] is True
     for folder in ("round-1-8-steps", "round-2-4-steps"):
         assert (run / folder / "samples" / "step-00000002.png").is_file()
     distilled = run / "distilled.safetensors"

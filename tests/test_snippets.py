@@ -36,6 +36,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -567,14 +568,18 @@ BASH_SPECS = {
     ),
     ("docs/guide/distillation.md", "--out runs/distil "): BashSpec(
         expect=("runs/distil/distilled.safetensors", "runs/distil/round-1-4-steps/samples/*.png", "out/four/grid.png"),
-        fixes=(("--steps-per-round 2000", "--from-steps 8 --steps-per-round 2 --batch 4"),),
+        fixes=(("--steps-per-round 2500 --batch 64 --lr 3e-4", "--from-steps 8 --steps-per-round 2 --batch 4"),),
         cifar10=None,
     ),
-    ("docs/guide/distillation.md", "--out runs/digits-round"): BashSpec(
-        expect=("runs/digits-round/distilled.safetensors",),
+    ("docs/guide/distillation.md", "--out runs/stage1"): BashSpec(
+        expect=("runs/stage2/distilled.safetensors", "runs/stage3/round-1-1-steps/ema.safetensors"),
         fixes=(
-            ("--steps-per-round 60 --batch 64", "--steps-per-round 2 --batch 4"),
-            ("--ckpt-every 60", "--ckpt-every 2"),
+            (
+                "--to-steps 256 --steps-per-round 8000 --batch 64",
+                "--from-steps 8 --to-steps 4 --steps-per-round 2 --batch 4",
+            ),
+            ("--steps-per-round 4000 --batch 64", "--to-steps 2 --steps-per-round 2 --batch 4"),
+            ("--to-steps 1 --to-steps 2", "--to-steps 1"),
         ),
         cifar10=None,
     ),
@@ -709,13 +714,20 @@ def demo_answers(argv: list[str], cwd: Path, env: dict):
     assert host == "127.0.0.1", "a test serves loopback only"
     model = argv[argv.index("--model") + 1] if "--model" in argv else "digits"
     cmd = [sys.executable, "-m", "ddpm_jax.cli", *argv[1:]]
-    with open(cwd / "demo.log", "a") as log:
+    log_path = cwd / f"demo-{port}.log"
+    with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
+        # Connect once Gradio's own start-up check of the page has passed (it prints this line):
+        # a client polling before then can make that check time out, and the server exit.
+        deadline = time.monotonic() + 600
+        while "To create a public link" not in log_path.read_text() and proc.poll() is None:
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
         client = connect(f"http://127.0.0.1:{port}/", proc, timeout=600)
         _, step, status, *_ = client.predict(model, False, 0, 1, api_name="/reset")
         # x_T of the model's chain (the page may pick a shorter chain than T for a large model)
-        assert step > 0 and status.startswith(model), (step, status, (cwd / "demo.log").read_text()[-3000:])
+        assert step > 0 and status.startswith(model), (step, status, log_path.read_text()[-3000:])
     finally:
         proc.terminate()
         proc.wait(timeout=60)

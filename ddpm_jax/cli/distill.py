@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from .common import MODEL_HELP, add_checkpoints, add_data, add_model, add_optimizer, add_out, train_config
 
 
@@ -33,6 +35,12 @@ def add_arguments(p):
         default="truncated_snr",
         help="the x_0 loss weight: max(SNR, 1) (default) or SNR + 1 (Sec. 4)",
     )
+    p.add_argument(
+        "--clip-teacher",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="clip the teacher's predicted x_0 to [-1, 1] in its DDIM steps, as sampling does (default: on)",
+    )
     add_optimizer(p, DISTILL_TRAIN)
     add_checkpoints(p, "where a killed run stopped, in any round")
 
@@ -53,7 +61,11 @@ def run(args) -> int:
         log_every=args.log_every,
     )
     plan = DistillPlan(
-        from_steps=args.from_steps, to_steps=args.to_steps, prediction=args.prediction, weighting=args.weighting
+        from_steps=args.from_steps,
+        to_steps=args.to_steps,
+        prediction=args.prediction,
+        weighting=args.weighting,
+        clip_teacher=args.clip_teacher,
     )
     tcfg = train_config(DISTILL_TRAIN, args)
     teacher = load_model(args.model, args.out)  # checks --out first
