@@ -46,7 +46,8 @@ from .weights import flatten_params, load_weights, save_weights
 
 log = logging.getLogger(__name__)
 
-# Our defaults, not the paper's (which anneals the learning rate to 0 in each round).
+# Our defaults, not the paper's; `ddpm-jax distill` sets decay_steps to the steps per round, annealing
+# the learning rate to 0 in each round as the paper does (the step count restarts in each round).
 DISTILL_TRAIN = TrainConfig(learning_rate=1e-4, warmup_steps=0, ema_decay=0.999, batch_size=128, random_flip=False)
 MANIFEST = "distill.json"
 MANIFEST_FORMAT = "ddpm_jax.distill/1"
@@ -223,6 +224,9 @@ def _check_manifest(out: Path, want: dict, resume: bool):
         have = json.loads(path.read_text())
     except ValueError as err:
         raise ValueError(f"{path} is not readable JSON ({err}); start a new run in another --out") from err
+    if isinstance(have, dict) and isinstance(have.get("train_config"), dict):
+        # a field added since the run began (decay_steps) had its default, as `trainer` reads it
+        have["train_config"] = {**config_to_dict(TrainConfig()), **have["train_config"]}
     differ = [k for k in want if not isinstance(have, dict) or have.get(k) != want[k]]
     if differ:
         raise ValueError(

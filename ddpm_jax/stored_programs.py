@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import json
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -65,6 +66,29 @@ def static_key(value) -> str:
     if fields is None:
         raise NotStorable(type(value).__name__)
     return f"{type(value).__name__}(" + ",".join(f"{k}={static_key(getattr(value, k))}" for k in fields) + ")"
+
+
+def stored_json(name: str, fingerprint: str, compute):
+    """`compute()`'s JSON-able value, kept on disk beside the programs under a key of ddpm_jax's
+    source, jax's version, `name` and `fingerprint`: a value that costs a trace (the UNet's param
+    shapes) is read back by the next process. Without a folder (the cache off) it is computed."""
+    where = folder()
+    if where is None:
+        return compute()
+    key = hashlib.sha256("\n".join([source_hash(), jax.__version__, name, fingerprint]).encode()).hexdigest()
+    path = where / f"{name}-{key[:32]}.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("%s cannot be read (%s); computing it again", path, e)
+    value = compute()
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(value))
+    except OSError as e:
+        log.warning("cannot keep %s in %s (%s); the next process computes it again", name, path, e)
+    return value
 
 
 class StoredJit:

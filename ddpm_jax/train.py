@@ -34,6 +34,7 @@ class TrainConfig:
 
     learning_rate: float = 2e-4
     warmup_steps: int = 5000
+    decay_steps: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     batch_size: int = 128
@@ -45,7 +46,7 @@ class TrainConfig:
         check_float("learning_rate", self.learning_rate, 0.0, 1.0, open_lo=True)
         check_float("grad_clip", self.grad_clip, 0.0, 1e6, open_lo=True)
         check_float("ema_decay", self.ema_decay, 0.0, 1.0)
-        for name, lo in (("warmup_steps", 0), ("batch_size", 1), ("seed", 0)):
+        for name, lo in (("warmup_steps", 0), ("decay_steps", 0), ("batch_size", 1), ("seed", 0)):
             check_int(name, getattr(self, name), lo, 2**31 - 1)
 
 
@@ -77,10 +78,17 @@ class TrainState:
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     """Adam after clipping the global gradient norm, lr warmed up linearly.
 
-    The release: lr * min(step / warmup, 1), clip_by_global_norm(grad_clip).
+    The release: lr * min(step / warmup, 1), clip_by_global_norm(grad_clip). With `decay_steps`
+    > 0 the lr is also multiplied by max(1 - step / decay_steps, 0), annealing it linearly to 0
+    as Salimans & Ho (2022) do in each distillation round.
     """
     warmup = max(int(cfg.warmup_steps), 1)
-    schedule = lambda step: cfg.learning_rate * jnp.minimum((step + 1) / warmup, 1.0)  # noqa: E731
+    decay = cfg.decay_steps
+
+    def schedule(step):
+        lr = cfg.learning_rate * jnp.minimum((step + 1) / warmup, 1.0)
+        return lr * jnp.maximum(1.0 - step / decay, 0.0) if decay else lr
+
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(schedule))
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import winograd
+from . import stored_programs, winograd
 from .config import UNetConfig
 from .ops import Ops
 
@@ -221,16 +221,27 @@ def init_params(config: UNetConfig, key: jax.Array) -> dict:
 @functools.lru_cache(maxsize=16)
 def run_shapes(config: UNetConfig, ops: Ops) -> dict:
     """The shapes (ShapeDtypeStructs) of UNet(config, ops)'s params: a Winograd
-    conv's kernel is (m+2, m+2, I, O). Traced once per (config, ops)."""
-    x = jax.ShapeDtypeStruct((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
-    t = jax.ShapeDtypeStruct((1,), jnp.int32)
-    return jax.eval_shape(UNet(config, ops).init, jax.random.key(0), x, t)["params"]
+    conv's kernel is (m+2, m+2, I, O). Traced once per (config, ops), and kept on disk
+    with the stored programs (`stored_programs.stored_json`) for the next process."""
+
+    def trace():
+        x = jax.ShapeDtypeStruct((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
+        t = jax.ShapeDtypeStruct((1,), jnp.int32)
+        shapes = jax.eval_shape(UNet(config, ops).init, jax.random.key(0), x, t)["params"]
+        return jax.tree.map(lambda s: [list(s.shape), s.dtype.name], shapes)
+
+    stored = stored_programs.stored_json("run_shapes", f"{config!r}|{ops!r}", trace)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s[0]), s[1]), stored, is_leaf=_is_shape)
+
+
+def _is_shape(node) -> bool:
+    return isinstance(node, list)  # [shape, dtype]: the tree's nodes are dicts
 
 
 def layout_params(config: UNetConfig, ops: Ops, params: dict) -> dict:
     """`params` as UNet(config, ops) runs them: the kernel of each 3x3 conv that
-    `ops` runs as Winograd F(m x m, 3x3) transformed once (in float64, see
-    `winograd.transform_kernel`), every other leaf as it is."""
+    `ops` runs as Winograd F(m x m, 3x3) transformed once (`winograd.transform_kernel`),
+    every other leaf as it is."""
     shapes = run_shapes(config, ops)
 
     def lay(a, want):

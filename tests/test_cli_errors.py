@@ -148,3 +148,15 @@ def test_the_console_script_prints_one_line(tmp_path):
         "give a folder path"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_the_program_returns_mains_code_and_skips_the_exits_last_collection(monkeypatch, capsys, tmp_path):
+    import gc
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    monkeypatch.setattr(
+        sys, "argv", ["ddpm-jax", "sample", "--model", str(tmp_path / "none.safetensors"), "--out", str(tmp_path)]
+    )
+    assert cli.command() == 2 and frozen == [True]
+    one_line(capsys.readouterr().err)

@@ -34,8 +34,8 @@ from ddpm_jax.weights import flatten_params, load_weights
 
 from .helpers import ONE_LEVEL_UNET, TINY_DIFFUSION, kill_train_steps_after, make_tiny_model
 
-# What `ddpm-jax distill --batch 16 --lr 0.001 --ema-decay 0.9` trains with: every run here (16 steps
-# down, so the same padded tables) shares one compiled step.
+# What `ddpm-jax distill --batch 16 --lr 0.001 --ema-decay 0.9 --decay-steps 0` trains with: every run
+# here but the command's (which anneals the lr) shares one compiled step (16 steps down, the same tables).
 TRAIN = dataclasses.replace(DISTILL_TRAIN, learning_rate=1e-3, ema_decay=0.9, batch_size=16)
 FLAGS = ["--batch", "16", "--lr", "0.001", "--ema-decay", "0.9"]
 
@@ -266,6 +266,13 @@ def test_a_run_killed_mid_round_and_between_rounds_resumes_exactly(teacher, digi
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}: {key}")
     for folder in ("round-1-8-steps", "round-2-4-steps"):
         assert [r["step"] for r in _log(two / folder)] == [1, 2, 3, 4]
+    # a run from before decay_steps existed (no such field in its manifest) resumes with the default, 0
+    manifest = json.loads((two / "distill.json").read_text())
+    del manifest["train_config"]["decay_steps"]
+    (two / "distill.json").write_text(json.dumps(manifest))
+    distill(two, digits, teacher, resume=True, **run)
+    with pytest.raises(ValueError, match="holds a distillation run with other train_config"):
+        distill(two, digits, teacher, resume=True, **{**run, "train_config": dataclasses.replace(TRAIN, decay_steps=4)})
 
 
 def test_the_command_end_to_end(tmp_path, capsys):
@@ -273,7 +280,9 @@ def test_the_command_end_to_end(tmp_path, capsys):
     args = ["distill", "--model", teacher, "--data", "digits", "--out", str(run), "--from-steps", "16"]
     assert main([*args, "--steps-per-round", "2", "--ckpt-every", "2", *FLAGS]) == 0  # to 4 steps by default
     assert "distilled to 4 steps" in capsys.readouterr().out
-    assert json.loads((run / "distill.json").read_text())["plan"]["clip_teacher"] is True
+    manifest = json.loads((run / "distill.json").read_text())
+    assert manifest["plan"]["clip_teacher"] is True
+    assert manifest["train_config"]["decay_steps"] == 2  # the lr annealed to 0 in each round by default
     for folder in ("round-1-8-steps", "round-2-4-steps"):
         assert (run / folder / "samples" / "step-00000002.png").is_file()
     distilled = run / "distilled.safetensors"

@@ -50,6 +50,10 @@ def test_kernel_transform_on_host_and_traced_agree_and_bad_input_is_named():
         traced = jax.jit(winograd.transform_kernel, static_argnums=1)(jnp.asarray(g), m)
         assert host.shape == traced.shape == (a, a, 4, 2) and host.dtype == np.float32
         np.testing.assert_allclose(host, traced, rtol=1e-5, atol=1e-6)
+        # float32 on the host, float64 in and out: the same U to float32's rounding
+        exact = winograd.transform_kernel(g.astype(np.float64), m)
+        assert exact.dtype == np.float64
+        assert np.abs(host - exact).max() < 3e-7 * np.abs(exact).max()
     with pytest.raises(ValueError, match=r"Winograd tile m=3 is not supported; valid: 2, 4"):
         winograd.transform_kernel(g, 3)
     with pytest.raises(ValueError, match=r"3x3 HWIO kernel .* got shape \(1, 1, 4, 2\)"):

@@ -89,6 +89,21 @@ def test_warmup_is_linear_then_flat_and_grads_are_clipped():
     np.testing.assert_allclose(st[1][0].mu["w"], 0.1 * np.array([0.6, -0.8, 0.0]), rtol=1e-5)
 
 
+def test_decay_anneals_the_lr_linearly_to_zero_after_warmup():
+    cfg = dataclasses.replace(MINI_TRAIN, learning_rate=1e-2, warmup_steps=2, decay_steps=5)
+    tx = make_optimizer(cfg)
+    params = {"w": jnp.zeros(1)}
+    state = tx.init(params)
+    sizes = []
+    for _ in range(7):
+        upd, state = tx.update({"w": jnp.array([0.5])}, state, params)
+        sizes.append(-float(upd["w"][0]))
+    # Adam's step under a constant gradient is the lr in use: warmup x (1 - step / decay), then 0
+    want = [cfg.learning_rate * min((s + 1) / 2, 1.0) * max(1 - s / 5, 0.0) for s in range(7)]
+    np.testing.assert_allclose(sizes, want, rtol=1e-4, atol=1e-9)
+    assert sizes[5] == sizes[6] == 0.0
+
+
 def test_loss_is_the_eps_mse_at_uniform_t(state0, digits):
     coeffs = make_coefficients(TINY_DIFFUSION)
     model = UNet(ONE_LEVEL_UNET)

@@ -14,6 +14,7 @@ traceback; `DDPM_JAX_DEBUG=1` shows the traceback of every error.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -73,3 +74,12 @@ def main(argv=None) -> int:
             raise
         print(f"ddpm-jax {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def command() -> int:
+    """The `ddpm-jax` program: `main`, then `gc.freeze()` so that the interpreter's exit skips its
+    last cyclic collection over every object JAX made (0.4-1 s of each command's wall time on this
+    project's CPUs; files are written and closed by then, and `atexit` handlers still run)."""
+    code = main()
+    gc.freeze()
+    return code

@@ -57,9 +57,9 @@ def add_data(p):
     )
 
 
-def add_optimizer(p, base=None):
+def add_optimizer(p, base=None, decay_default="0"):
     """The `TrainConfig` flags (`train_config` reads them); each None unless given. Their defaults
-    are `base`'s (a `TrainConfig`) when given, else the preset's."""
+    are `base`'s (a `TrainConfig`) when given, else the preset's; `decay_default` is --decay-steps' help."""
 
     def default(field):
         return "the preset's" if base is None else repr(getattr(base, field))
@@ -67,6 +67,12 @@ def add_optimizer(p, base=None):
     p.add_argument("--batch", type=int, default=None, help=f"batch size (default: {default('batch_size')})")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {default('learning_rate')})")
     p.add_argument("--warmup", type=int, default=None, help="linear warmup steps")
+    p.add_argument(
+        "--decay-steps",
+        type=int,
+        default=None,
+        help=f"anneal the lr linearly to 0 at this step, 0: no decay (default: {decay_default})",
+    )
     p.add_argument("--grad-clip", type=float, default=None, help="global gradient norm clip")
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay per step")
     p.add_argument(
@@ -87,6 +93,7 @@ def train_config(base, args):
         batch_size=args.batch,
         learning_rate=args.lr,
         warmup_steps=args.warmup,
+        decay_steps=args.decay_steps,
         grad_clip=args.grad_clip,
         ema_decay=args.ema_decay,
         random_flip=args.flip,

@@ -41,11 +41,12 @@ def add_arguments(p):
         default=True,
         help="clip the teacher's predicted x_0 to [-1, 1] in its DDIM steps, as sampling does (default: on)",
     )
-    add_optimizer(p, DISTILL_TRAIN)
+    add_optimizer(p, DISTILL_TRAIN, decay_default="--steps-per-round: the paper's anneal to 0 in each round")
     add_checkpoints(p, "where a killed run stopped, in any round")
 
 
 def run(args) -> int:
+    import dataclasses
     import logging
 
     from ..data import load_dataset
@@ -68,6 +69,8 @@ def run(args) -> int:
         clip_teacher=args.clip_teacher,
     )
     tcfg = train_config(DISTILL_TRAIN, args)
+    if args.decay_steps is None:
+        tcfg = dataclasses.replace(tcfg, decay_steps=args.steps_per_round)
     teacher = load_model(args.model, args.out)  # checks --out first
     dcfg, ucfg = teacher.diffusion_config, teacher.unet_config
     students = round_steps(dcfg, plan.from_steps, plan.to_steps)
