@@ -8,7 +8,8 @@ serialized program under a key naming everything that shapes it: ddpm_jax's sour
 and backend, the caller's fingerprint (the model's configs, ops, precision), the static arguments,
 the arguments' tree, shapes and dtypes. A later process reads it (milliseconds) and hands it to XLA,
 whose compilation cache then hits. Programs live beside the compilation cache and only while it is
-on: `enable_compilation_cache` (every `ddpm-jax` command and the demo) turns both on.
+on: `enable_compilation_cache` (every `ddpm-jax` command and the demo) turns both on. `stored_json`
+keeps other traced results the same way (the UNet's param shapes, which loading a model checks).
 """
 
 from __future__ import annotations
