@@ -337,8 +337,8 @@ from ddpm_jax.demo.state import Session
 cli.end_on_sigterm()  # as `ddpm-jax demo` does before it serves
 demo = Demo(Models({"tiny": ("tiny", "tiny")}, warm=False), "tiny")
 demo._out(Session(), "image", ".png").write_bytes(b"a download")
-print(demo.workdir, flush=True)
-try:
+try:  # the signal may land while print returns: inside the try, as in launch()
+    print(demo.workdir, flush=True)
     while True:  # Gradio's launch() waits so, and returns on KeyboardInterrupt
         time.sleep(0.05)
 except KeyboardInterrupt:
