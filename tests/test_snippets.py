@@ -571,15 +571,11 @@ BASH_SPECS = {
         fixes=(("--steps-per-round 2500 --batch 64 --lr 3e-4", "--from-steps 8 --steps-per-round 2 --batch 4"),),
         cifar10=None,
     ),
-    ("docs/guide/distillation.md", "--out runs/stage1"): BashSpec(
-        expect=("runs/stage2/distilled.safetensors", "runs/stage3/round-1-1-steps/ema.safetensors"),
+    ("docs/guide/distillation.md", "--out runs/stage1b"): BashSpec(
+        expect=("runs/stage2b/round-6-4-steps/ema.safetensors", "runs/stage2b/round-8-1-steps/ema.safetensors"),
         fixes=(
-            (
-                "--to-steps 256 --steps-per-round 8000 --batch 64",
-                "--from-steps 8 --to-steps 4 --steps-per-round 2 --batch 4",
-            ),
-            ("--steps-per-round 4000 --batch 64", "--to-steps 2 --steps-per-round 2 --batch 4"),
-            ("--to-steps 1 --to-steps 2", "--to-steps 1"),
+            ("--steps-per-round 8000 --batch 64", "--steps-per-round 2 --batch 4"),
+            ("--steps-per-round 4000 --batch 64", "--steps-per-round 2 --batch 4"),
         ),
         cifar10=None,
     ),

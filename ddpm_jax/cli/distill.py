@@ -93,5 +93,6 @@ def run(args) -> int:
         options=options,
         resume=args.resume,
     )
-    print(f"distilled to {students[-1]} steps: {final} (sample it: ddpm-jax sample --model {final})")
+    steps = f"{students[-1]} step" + ("s" if students[-1] > 1 else "")
+    print(f"distilled to {steps}: {final} (sample it: ddpm-jax sample --model {final})")
     return 0
