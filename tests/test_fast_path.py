@@ -65,7 +65,8 @@ def test_kernel_transform_on_host_and_traced_agree_and_bad_input_is_named():
 def test_policy_picks_the_tile_by_map_size_channels_and_stride():
     ops = Ops(CPU_WINOGRAD)
     assert ops.winograd_tile((1, 32, 32, 128), 128, 1) == 4
-    assert ops.winograd_tile((8, 8, 8, 256), 256, 1) == 4
+    assert ops.winograd_tile((8, 16, 16, 256), 256, 1) == 4
+    assert ops.winograd_tile((8, 8, 8, 256), 256, 1) == 2
     assert ops.winograd_tile((1, 4, 4, 256), 512, 1) == 2
     assert ops.winograd_tile((1, 2, 2, 256), 256, 1) == 0  # too small for any tile
     assert ops.winograd_tile((1, 32, 32, 128), 128, 2) == 0  # strided: XLA's
@@ -90,9 +91,9 @@ def test_run_params_are_an_inference_layout_of_untouched_params(tiny_params):
     assert run.keys() == plain.keys()
     assert all(np.array_equal(plain[k], flatten_params(tiny_params)[k]) for k in plain)
     changed = {k: run[k].shape for k in run if run[k].shape != plain[k].shape}
-    # 8x8 maps (level 0, 32 channels) take F(4x4): 6x6 kernels; 4x4 maps (level 1 and mid) F(2x2): 4x4.
-    assert changed["down_0/block_0/conv1/kernel"] == (6, 6, 32, 32)
-    assert changed["up_1/upsample/conv/kernel"] == (6, 6, 64, 64)
+    # 8x8 maps (level 0, 32 channels) and 4x4 maps (level 1 and mid) take F(2x2): 4x4 kernels.
+    assert changed["down_0/block_0/conv1/kernel"] == (4, 4, 32, 32)
+    assert changed["up_1/upsample/conv/kernel"] == (4, 4, 64, 64)
     assert changed["mid/block_1/conv2/kernel"] == (4, 4, 64, 64)
     assert changed["up_1/block_0/conv1/kernel"] == (4, 4, 128, 64)
     # Every other 3x3 conv too (17); conv_in, conv_out and the strided conv stay 3x3.
@@ -103,7 +104,7 @@ def test_run_params_are_an_inference_layout_of_untouched_params(tiny_params):
     assert len(changed) == 17
     u = run["down_0/block_0/conv1/kernel"]
     np.testing.assert_allclose(
-        u, winograd.transform_kernel(np.asarray(plain["down_0/block_0/conv1/kernel"]), 4), rtol=1e-6
+        u, winograd.transform_kernel(np.asarray(plain["down_0/block_0/conv1/kernel"]), 2), rtol=1e-6
     )
     # with_params lays the new params out the same way.
     other = random_params(TINY_UNET, seed=7)
@@ -138,6 +139,8 @@ def test_fast_path_matches_the_plain_unet_on_the_bundled_trained_model():
     plain = Diffusion.from_pretrained("digits", conv="xla")
     fast = plain.respaced(plain.num_timesteps, conv="winograd")
     assert fast.model.ops.winograd and not plain.model.ops.winograd
+    # 16x16 maps run F(4x4) (6x6 kernels), 8x8 and 4x4 maps F(2x2) (4x4): both tiles in one model.
+    assert {a.shape[0] for a in flatten_params(fast.run_params).values() if a.ndim == 4} == {3, 4, 6}
     assert 0 < _max_eps_gap(fast, plain) < 1e-4
 
 
