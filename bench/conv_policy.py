@@ -7,6 +7,11 @@ shared machine it moves less than wall time.
 
     python bench/conv_policy.py                      # cifar10's shapes at batch 1 and 8
     python bench/conv_policy.py --preset lsun --batches 1
+    python bench/conv_policy.py --batches 1,8,32 --against 4:2,8:4   # the whole step: the table vs another
+
+With --against, the whole UNet step (the preset's, random weights, "auto"'s channel floor)
+is timed instead under `CPU_WINOGRAD` and under the given table of (min map side, m)
+pairs, alternating; median and min wall ms per call.
 """
 
 from __future__ import annotations
@@ -80,17 +85,66 @@ def time_shape(n, size, cin, cout, reps):
     return {k: (1000 * min(wall[k]), 1000 * sorted(cpu[k])[reps // 2]) for k in cands}
 
 
+def parse_table(text: str) -> tuple[tuple[int, int], ...]:
+    """'4:2,16:4' -> ((4, 2), (16, 4))."""
+    return tuple(tuple(int(v) for v in pair.split(":")) for pair in text.split(","))
+
+
+def time_tables(preset: str, tables: dict, n: int, reps: int) -> dict:
+    """{name: (median wall ms, min wall ms)} of the preset's UNet step at batch n under each
+    Winograd table (same random params, each laid out for its table), alternating."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ddpm_jax.config import UNET_PRESETS
+    from ddpm_jax.ops import AUTO_MIN_CHANNELS, Ops
+    from ddpm_jax.unet import UNet, init_params, layout_params
+
+    cfg = UNET_PRESETS[preset]
+    params = init_params(cfg, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (n, cfg.resolution, cfg.resolution, cfg.in_channels))
+    t = jnp.full((n,), 500, jnp.int32)
+    cands = {}
+    for name, table in tables.items():
+        ops = Ops(table, min_channels=AUTO_MIN_CHANNELS)
+        model = UNet(cfg, ops)
+        f = jax.jit(lambda p, x, t, model=model: model.apply({"params": p}, x, t))
+        run = layout_params(cfg, ops, params)
+        f(run, x, t).block_until_ready()
+        cands[name] = (f, run)
+    wall = {k: [] for k in cands}
+    for _ in range(reps):
+        for k, (f, run) in cands.items():
+            t0 = time.perf_counter()
+            f(run, x, t).block_until_ready()
+            wall[k].append(time.perf_counter() - t0)
+    return {k: (1000 * float(np.median(w)), 1000 * min(w)) for k, w in wall.items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cifar10")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--no-flags", action="store_true", help="leave out ddpm_jax.cpu_flags")
+    p.add_argument("--against", type=parse_table, help="time the whole step under CPU_WINOGRAD and this table")
     args = p.parse_args(argv)
     if not args.no_flags:
         from ddpm_jax.cpu_flags import use_cpu_flags
 
         use_cpu_flags()
+    if args.against:
+        from ddpm_jax.ops import CPU_WINOGRAD
+
+        tables = {f"CPU_WINOGRAD {CPU_WINOGRAD}": CPU_WINOGRAD, f"against {args.against}": args.against}
+        print(f"{args.preset}: the whole UNet step, median / min wall ms per call over {args.reps}")
+        for n in map(int, args.batches.split(",")):
+            res = time_tables(args.preset, tables, n, args.reps)
+            (ma, _), (mb, _) = res.values()
+            cells = "  ".join(f"{k} {med:8.1f} / {low:8.1f}" for k, (med, low) in res.items())
+            print(f"batch {n:3d}  {cells}  (against / table, medians: {mb / ma:.3f})", flush=True)
+        return 0
     print(f"{args.preset}: min wall ms / median CPU ms per call; best by wall time")
     for n in map(int, args.batches.split(",")):
         for size, cin, cout in conv_shapes(args.preset):

@@ -28,8 +28,8 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 
 # (smallest map side, m): F(4x4, 3x3) from 16x16 maps up, F(2x2, 3x3) on 8x8
 # and 4x4 maps. On the round-3 EPYC (Zen 5) F(2x2) beat F(4x4) on every 8x8
-# shape at batch 1 and 8 (bench/conv_policy.py), and the cifar10 step took 7%
-# less at batch 1 than with F(4x4) from 8x8 up, the same at 8 and 32.
+# shape at batch 1 and 8, and the cifar10 step took 4-8% less at batch 1 than
+# with F(4x4) from 8x8 up, the same at 8 and 32 (bench/conv_policy.py --against).
 CPU_WINOGRAD = ((4, 2), (16, 4))
 # With bfloat16 operands, F(2x2, 3x3) only: F(4x4)'s transforms (coefficients
 # up to 8) carry bfloat16's rounding into the output about 4x larger.

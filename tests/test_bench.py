@@ -68,6 +68,17 @@ def test_scaling(tiny_path, train):
     assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1]) > 0 for r in rows), out
 
 
+def test_conv_policy_times_each_conv_and_the_whole_step_under_two_tables():
+    out = bench("conv_policy.py", "--preset", "digits", "--batches", "1", "--reps", "1")
+    rows = re.findall(r"^batch\s+1\s+(\d+)x\d+\s+(\d+)->(\d+)\s+direct .* best (\w+)", out, re.M)
+    assert rows and all(best in ("direct", "F2", "F4") for *_, best in rows), out
+    out = bench("conv_policy.py", "--preset", "digits", "--batches", "1,2", "--reps", "1", "--against", "4:2,8:4")
+    steps = re.findall(
+        r"^batch\s+(\d)\s+CPU_WINOGRAD .* against \(\(4, 2\), \(8, 4\)\) .* medians: ([\d.]+)\)", out, re.M
+    )
+    assert [s[0] for s in steps] == ["1", "2"] and all(float(s[1]) > 0 for s in steps), out
+
+
 @pytest.mark.parametrize("torch", [pytest.param(False), pytest.param(True, marks=pytest.mark.slow)], ids=["", "torch"])
 def test_first_sample(tiny_path, torch):
     out = bench("first_sample.py", "--model", tiny_path, "--runs", 1, *(["--torch"] if torch else []))
