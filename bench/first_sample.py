@@ -25,6 +25,8 @@ from pathlib import Path
 
 from sampling import cpu_model, diffusers_module, make_weights
 
+from ddpm_jax.ops import CONVS
+
 DIFFUSERS_SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
 
 # A fresh process: one picture through ddpm_jax's public API, timing each phase.
@@ -33,6 +35,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import ddpm_jax
 from ddpm_jax.compile_cache import enable_compilation_cache
+from ddpm_jax.ops import conv_for_job
 phases = {"import": time.perf_counter() - t0}
 def phase(name, start):
     phases[name] = time.perf_counter() - start
@@ -40,6 +43,8 @@ def phase(name, start):
 t = time.perf_counter()
 enable_compilation_cache()
 model = ddpm_jax.Diffusion.from_pretrained(sys.argv[1]).respaced(json.loads(sys.argv[2]), sys.argv[3])
+conv = conv_for_job(sys.argv[5], model.num_timesteps)  # as `ddpm-jax sample --n 1` picks it
+model = model.respaced(model.num_timesteps, model.sampler, conv=conv)
 model.run_params  # the run layout (Winograd kernels), made on first use
 t = phase("load", t)
 x = model.denoise(1, key=0).block_until_ready()
@@ -48,6 +53,7 @@ x = model.denoise(1, key=0).block_until_ready()
 t = phase("the chain again", t)
 model.save(x, sys.argv[4] + "/{:03d}.png")
 phase("save", t)
+phases["conv"] = conv
 print("PHASES " + json.dumps(phases))
 """
 
@@ -110,7 +116,7 @@ def fmt(times) -> str:
 
 
 def fmt_phases(phases: dict) -> str:
-    return ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+    return ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in phases.items())
 
 
 def main():
@@ -120,6 +126,9 @@ def main():
     what.add_argument("--random", metavar="PRESET", help="random weights of a UNet preset (cifar10: the release's)")
     p.add_argument("--steps", type=int, help="chain steps (default: all T)")
     p.add_argument("--sampler", default="ddpm", help="a ddpm_jax sampler name")
+    p.add_argument(
+        "--conv", choices=CONVS, default="auto", help="ddpm-jax sample's --conv (auto: XLA's for a short job)"
+    )
     p.add_argument("--runs", type=int, default=3, help="warm runs after the cold one")
     p.add_argument("--torch", action="store_true", help=f"also PyTorch + diffusers ({', '.join(DIFFUSERS_SCHEDULERS)})")
     args = p.parse_args()
@@ -131,9 +140,9 @@ def main():
         env = dict(os.environ, DDPM_JAX_CACHE=str(tmp / "cache"))
         steps = [] if args.steps is None else ["--steps", str(args.steps)]
         cli = [sys.executable, "-m", "ddpm_jax.cli", "sample", "--model", model, "--n", "1", "--batch", "1"]
-        cli += [*steps, "--sampler", args.sampler]
+        cli += [*steps, "--sampler", args.sampler, "--conv", args.conv]
         jax_times = [timed([*cli, "--out", tmp / f"out{i}"], env)[0] for i in range(1 + args.runs)]
-        phase_args = [model, json.dumps(args.steps), args.sampler, str(tmp)]
+        phase_args = [model, json.dumps(args.steps), args.sampler, str(tmp), args.conv]
         jax_cold = timed([sys.executable, "-c", JAX_PHASES, *phase_args], dict(env, DDPM_JAX_CACHE=str(tmp / "c2")))
         jax_warm = timed([sys.executable, "-c", JAX_PHASES, *phase_args], dict(env, DDPM_JAX_CACHE=str(tmp / "c2")))
         if args.torch:

@@ -39,6 +39,21 @@ BF16_WINOGRAD = ((4, 2),)
 # tests' tiny UNets) it saves less per step than that costs over a chain.
 AUTO_MIN_CHANNELS = 128
 CONVS = ("auto", "xla", "winograd")
+# A job of at most this many image-steps (pictures x chain steps) runs XLA's convolution when the
+# conv is "auto" (`conv_for_job`): a process compiles XLA's in about half Winograd's time and loads
+# the params without transforming them, which such a job never wins back per step. On the round-3
+# EPYC, the cifar10 UNet, 10 DPM-Solver++ steps, one picture: a fresh process with an empty
+# compilation cache 9.2-11.7 s vs 15.4-18.8, with a filled one 2.5 s vs 4.0 (docs/benchmarks.md).
+SHORT_JOB = 32
+
+
+def conv_for_job(conv: str, image_steps: int) -> str:
+    """The conv a job of `image_steps` (pictures x steps) runs: "xla" for "auto" up to SHORT_JOB,
+    else `conv` as given. Pictures do not depend on the batch size either way; the two convs agree
+    to ~1e-5 (a uint8 pixel may differ by one level), so pin `conv` to compare jobs of both kinds."""
+    if conv not in CONVS:
+        raise ValueError(f"unknown conv {conv!r}; valid: {', '.join(CONVS)}")
+    return "xla" if conv == "auto" and image_steps <= SHORT_JOB else conv
 
 
 @dataclass(frozen=True)

@@ -199,9 +199,6 @@ class Diffusion:
         self.params = jax.device_put(params)
         self.dtype = jnp.dtype(PRECISIONS[precision].activations)
         self.mesh = mesh
-        shapes = jax.tree.leaves(run_shapes(unet_config, self.model.ops))
-        if backend == "cpu" and any(len(s.shape) == 4 and s.shape[0] != 3 for s in shapes):
-            cpu_flags.warn_if_missing()  # some conv runs as Winograd
         self._tables: dict[tuple[str, int], tuple[Coefficients, Coefficients]] = {}
         self._run: dict[str, dict] = {}  # run params, made on first use
         model_fn = partial(_apply_unet, self.model, self.dtype)
@@ -270,7 +267,10 @@ class Diffusion:
     def _prepare(self, params):
         """Params as the UNet runs them: Winograd kernels transformed and
         every leaf cast once for `precision`, replicated over the mesh if
-        there is one."""
+        there is one. Warns where a conv runs as Winograd without the CPU flags."""
+        shapes = jax.tree.leaves(run_shapes(self.unet_config, self.model.ops))
+        if jax.default_backend() == "cpu" and any(len(s.shape) == 4 and s.shape[0] != 3 for s in shapes):
+            cpu_flags.warn_if_missing(stacklevel=4)  # some conv runs as Winograd
         run = PRECISIONS[self.precision].cast(layout_params(self.unet_config, self.model.ops, params))
         return run if self.mesh is None else replicate(run, self.mesh)
 

@@ -3,7 +3,7 @@
 Sample i is written to {out}/{i:05}.png (or batches to .npz files) and
 depends only on (seed, i): not on the batch size, the number of devices or
 processes. The folder's `manifest.json` records what it holds (model and a
-digest of its params, seed, sampler, steps, eta, precision, n, file format and, for
+digest of its params, seed, sampler, steps, eta, precision, conv, n, file format and, for
 npz, the batch size); a run into a folder that holds another run is refused
 with what differs, and a run into the same one resumes: batches already on
 disk are checked (a torn file does not count) and skipped.
@@ -30,6 +30,8 @@ from .folder_lock import folder_lock
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "ddpm_jax.samples/1"
+# Fields added to the format since, with what every folder written before them used.
+ADDED = {"conv": "auto"}
 FILE_FORMATS = ("png", "npz")
 GRID_SIZE = 64  # samples shown in grid.png at most
 _OURS = re.compile(r"^(\d{5}\.png|samples_\d{7}_\d+\.npz|grid\.png)$")
@@ -125,6 +127,7 @@ def manifest(model, *, model_name: str, seed: int, n: int, file_format: str, bat
         "steps": model.num_timesteps,
         "eta": model.eta,
         "precision": model.precision,
+        "conv": model.conv,
         "n": n,
         "file_format": file_format,
         "batch": batch if file_format == "npz" else None,  # the npz shard layout
@@ -150,6 +153,7 @@ def check_folder(out: Path, want: dict) -> bool:
         have = None
     if not isinstance(have, dict) or have.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a ddpm-jax sample manifest; {redo}")
+    have = {**ADDED, **have}
     differ = [f"{k} {have.get(k)!r} there, {v!r} now" for k, v in want.items() if have.get(k) != v]
     if differ:
         raise ValueError(f"--out {out} holds another run ({'; '.join(differ)}); {redo}")

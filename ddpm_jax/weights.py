@@ -9,15 +9,13 @@ import functools
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
-from . import winograd
 from .atomic import atomic_path
 from .config import DiffusionConfig, UNetConfig, config_from_dict, config_to_dict
-from .ops import choose_ops
+from .ops import Ops
 from .unet import run_shapes
 
 FORMAT = "ddpm_jax.params/1"
@@ -55,11 +53,9 @@ def unflatten_params(flat: dict) -> dict:
 def expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
     """Flattened param name -> shape for `config`, computed without allocating (cached).
 
-    Read from the run shapes of the ops a float32 `Diffusion` runs on this backend, Winograd
-    kernels back to 3x3: the one trace of the UNet that loading a model then needs (each is
-    about 0.5 s at the cifar10 size)."""
-    ops = choose_ops("float32", "auto", jax.default_backend())
-    return {k: winograd.kernel_shape(v.shape) for k, v in flatten_params(run_shapes(config, ops)).items()}
+    The run shapes of the release's UNet as written (`Ops()`: XLA's convolution), traced once
+    and kept on disk (`unet.run_shapes`); a model that runs so needs no other trace to load."""
+    return {k: tuple(v.shape) for k, v in flatten_params(run_shapes(config, Ops())).items()}
 
 
 def check_params(flat: dict[str, tuple[int, ...]], config: UNetConfig, source: str = "params"):

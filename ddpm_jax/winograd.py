@@ -78,15 +78,6 @@ def transform_kernel(kernel, m: int):
     return u.reshape(m + 2, m + 2, *kernel.shape[2:]).astype(kernel.dtype, copy=False)
 
 
-def kernel_shape(run_shape) -> tuple[int, ...]:
-    """The (3, 3, I, O) shape of a 3x3 kernel from its run shape: (m+2, m+2, I, O) for F(m x m, 3x3),
-    itself otherwise (every other param)."""
-    run_shape = tuple(run_shape)
-    if len(run_shape) == 4 and run_shape[0] - 2 in TILES and run_shape[0] == run_shape[1]:
-        return (3, 3, *run_shape[2:])
-    return run_shape
-
-
 def _combine(rows, parts):
     """[sum_k rows[i][k] * parts[k] for each row i], skipping zero coefficients."""
     out = []

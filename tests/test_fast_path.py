@@ -246,7 +246,7 @@ from tests.helpers import TINY_DIFFUSION, TINY_UNET
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     ddpm_jax.Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=init_params(TINY_UNET,
-        __import__("jax").random.key(0)), conv="winograd")
+        __import__("jax").random.key(0)), conv="winograd").run_params  # made on first use: it warns then
 print(os.environ.get("XLA_FLAGS", ""))
 print(sum("without its XLA flags" in str(w.message) for w in caught))
 """
@@ -277,12 +277,16 @@ def test_late_flags_and_a_fast_path_without_them_warn(monkeypatch, tiny_params):
     jnp.zeros(1).block_until_ready()  # the backend has started
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     with pytest.warns(RuntimeWarning, match="runs without its XLA flags"):
-        Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="winograd")
+        assert Diffusion(
+            diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="winograd"
+        ).run_params  # the layout is made on first use: it warns then
     with pytest.warns(RuntimeWarning, match="already started"):
         assert not cpu_flags.use_cpu_flags()
     with warnings.catch_warnings():  # flags now in the environment: no warning
         warnings.simplefilter("error", RuntimeWarning)
-        Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="winograd")
+        assert Diffusion(
+            diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="winograd"
+        ).run_params  # the layout is made on first use: it warns then
 
 
 def _ynn_in_dump(folder) -> bool:
