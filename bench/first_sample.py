@@ -1,6 +1,6 @@
 """Time from a process's start to its first saved picture, cold and warm, beside PyTorch + diffusers.
 
-What a user waits for: `ddpm-jax sample --n 1` in fresh processes that share one JAX compilation
+What a user waits for: `ddpm-jax sample --n N` (default 1, one batch) in fresh processes that share one JAX compilation
 cache, empty for the first (cold) and filled for the rest (warm). With --torch, the same picture
 through PyTorch and diffusers in fresh processes too: import, `from_pretrained` of the same
 weights saved as a diffusers folder, the scheduler's steps (DDPMScheduler, DDIMScheduler or
@@ -43,13 +43,14 @@ def phase(name, start):
 t = time.perf_counter()
 enable_compilation_cache()
 model = ddpm_jax.Diffusion.from_pretrained(sys.argv[1]).respaced(json.loads(sys.argv[2]), sys.argv[3])
-conv = conv_for_job(sys.argv[5], model.num_timesteps)  # as `ddpm-jax sample --n 1` picks it
+n = int(sys.argv[6])
+conv = conv_for_job(sys.argv[5], n * model.num_timesteps)  # as `ddpm-jax sample --n N` picks it
 model = model.respaced(model.num_timesteps, model.sampler, conv=conv)
 model.run_params  # the run layout (Winograd kernels), made on first use
 t = phase("load", t)
-x = model.denoise(1, key=0).block_until_ready()
+x = model.denoise(n, key=0).block_until_ready()
 t = phase("first chain", t)
-x = model.denoise(1, key=0).block_until_ready()
+x = model.denoise(n, key=0).block_until_ready()
 t = phase("the chain again", t)
 model.save(x, sys.argv[4] + "/{:03d}.png")
 phase("save", t)
@@ -71,14 +72,15 @@ scheduler.set_timesteps(json.loads(sys.argv[2]) or scheduler.config.num_train_ti
 phases["load"] = time.perf_counter() - t
 t = time.perf_counter()
 c, r = unet.config.in_channels, unet.config.sample_size
-x = torch.randn(1, c, r, r, generator=torch.Generator().manual_seed(0))
+x = torch.randn(int(sys.argv[5]), c, r, r, generator=torch.Generator().manual_seed(0))
 with torch.inference_mode():
     for step in scheduler.timesteps:
         x = scheduler.step(unet(x, step).sample, step, x).prev_sample
 phases["chain"] = time.perf_counter() - t
 t = time.perf_counter()
-u8 = ((x[0].permute(1, 2, 0).clamp(-1, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
-Image.fromarray(u8.squeeze(-1) if c == 1 else u8).save(sys.argv[4] + "/000.png")
+u8 = ((x.permute(0, 2, 3, 1).clamp(-1, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+for i, img in enumerate(u8):
+    Image.fromarray(img.squeeze(-1) if c == 1 else img).save(sys.argv[4] + f"/{i:03d}.png")
 phases["save"] = time.perf_counter() - t
 print("PHASES " + json.dumps(phases))
 """
@@ -125,6 +127,7 @@ def main():
     what.add_argument("--model", default="digits", help="a bundled name or a .safetensors path")
     what.add_argument("--random", metavar="PRESET", help="random weights of a UNet preset (cifar10: the release's)")
     p.add_argument("--steps", type=int, help="chain steps (default: all T)")
+    p.add_argument("--n", type=int, default=1, help="pictures, in one batch (default 1)")
     p.add_argument("--sampler", default="ddpm", help="a ddpm_jax sampler name")
     p.add_argument(
         "--conv", choices=CONVS, default="auto", help="ddpm-jax sample's --conv (auto: XLA's for a short job)"
@@ -139,18 +142,36 @@ def main():
         model = make_weights(args.random, tmp) if args.random else args.model
         env = dict(os.environ, DDPM_JAX_CACHE=str(tmp / "cache"))
         steps = [] if args.steps is None else ["--steps", str(args.steps)]
-        cli = [sys.executable, "-m", "ddpm_jax.cli", "sample", "--model", model, "--n", "1", "--batch", "1"]
+        cli = [
+            sys.executable,
+            "-m",
+            "ddpm_jax.cli",
+            "sample",
+            "--model",
+            model,
+            "--n",
+            str(args.n),
+            "--batch",
+            str(args.n),
+        ]
         cli += [*steps, "--sampler", args.sampler, "--conv", args.conv]
         jax_times = [timed([*cli, "--out", tmp / f"out{i}"], env)[0] for i in range(1 + args.runs)]
-        phase_args = [model, json.dumps(args.steps), args.sampler, str(tmp), args.conv]
+        phase_args = [model, json.dumps(args.steps), args.sampler, str(tmp), args.conv, str(args.n)]
         jax_cold = timed([sys.executable, "-c", JAX_PHASES, *phase_args], dict(env, DDPM_JAX_CACHE=str(tmp / "c2")))
         jax_warm = timed([sys.executable, "-c", JAX_PHASES, *phase_args], dict(env, DDPM_JAX_CACHE=str(tmp / "c2")))
         if args.torch:
             folder = diffusers_folder(model, tmp / "diffusers", args.sampler)
-            torch_args = [str(folder), json.dumps(args.steps), DIFFUSERS_SCHEDULERS[args.sampler], str(tmp)]
+            torch_args = [
+                str(folder),
+                json.dumps(args.steps),
+                DIFFUSERS_SCHEDULERS[args.sampler],
+                str(tmp),
+                str(args.n),
+            ]
             torch_runs = [timed([sys.executable, "-c", TORCH_PICTURE, *torch_args], env) for _ in range(1 + args.runs)]
     chain = f"{args.sampler}, {args.steps or 'all T'} steps"
-    print(f"first picture of {args.random or args.model} ({chain}): fresh process to PNG on disk")
+    what = "first picture" if args.n == 1 else f"first {args.n} pictures (one batch)"
+    print(f"{what} of {args.random or args.model} ({chain}): fresh process to PNG on disk")
     print(f"  {cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     print(f"  ddpm-jax sample, cold (empty compilation cache): {jax_times[0]:.2f} s")
     print(f"  ddpm-jax sample, warm: {fmt(jax_times[1:])}")

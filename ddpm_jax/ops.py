@@ -41,9 +41,9 @@ AUTO_MIN_CHANNELS = 128
 CONVS = ("auto", "xla", "winograd")
 # A job of at most this many image-steps (pictures x chain steps) runs XLA's convolution when the
 # conv is "auto" (`conv_for_job`): a process compiles XLA's in about half Winograd's time and loads
-# the params without transforming them, which such a job never wins back per step. On the round-3
-# EPYC, the cifar10 UNet, 10 DPM-Solver++ steps, one picture: a fresh process with an empty
-# compilation cache 9.2-11.7 s vs 15.4-18.8, with a filled one 2.5 s vs 4.0 (docs/benchmarks.md).
+# the params without transforming them, which such a job does not win back per step. On the
+# round-3 EPYC, the cifar10 UNet, one picture in 10 DPM-Solver++ steps, a fresh process: 6.8 s
+# against 11.1 with an empty compilation cache (bench/first_sample.py, docs/benchmarks.md).
 SHORT_JOB = 32
 
 

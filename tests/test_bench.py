@@ -81,10 +81,13 @@ def test_conv_policy_times_each_conv_and_the_whole_step_under_two_tables():
 
 @pytest.mark.parametrize("torch", [pytest.param(False), pytest.param(True, marks=pytest.mark.slow)], ids=["", "torch"])
 def test_first_sample(tiny_path, torch):
-    out = bench("first_sample.py", "--model", tiny_path, "--runs", 1, *(["--torch"] if torch else []))
+    job = ["--n", 4] if torch else ["--steps", 8]  # 4 x all 10 steps: longer than a short job; 1 x 8: short
+    out = bench("first_sample.py", "--model", tiny_path, "--runs", 1, *job, *(["--torch"] if torch else []))
     assert re.search(r"cold \(empty compilation cache\): [\d.]+ s", out) and "warm: median" in out, out
+    assert ("first 4 pictures (one batch)" if torch else "first picture of") in out, out
     for who in ("ddpm_jax cold", "ddpm_jax warm"):
-        assert re.search(rf"{who}: import [\d.]+, load [\d.]+, first chain [\d.]+, the chain again", out), out
+        phases = rf"{who}: import [\d.]+, load [\d.]+, first chain [\d.]+, the chain again [\d.]+, save [\d.]+"
+        assert re.search(rf"{phases}, conv {'auto' if torch else 'xla'} ", out), out
     if torch:
         assert re.search(r"PyTorch \+ diffusers: median [\d.]+ s", out), out
         assert re.search(r"PyTorch \+ diffusers: import [\d.]+, load [\d.]+, chain [\d.]+, save", out), out
