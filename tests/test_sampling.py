@@ -1,13 +1,15 @@
-"""The chunked scans as `Diffusion` drives them: diffusing, bad input, respacing, precision.
+"""The chunked scans as `Diffusion` drives them: diffusing, bad input, respacing, precision; x_T.
 
 Chains here sample 3 images (or 1), as the sampler contract does on the same model, so that
 they run the programs it compiles (tests/sampler_contract.py)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ddpm_jax import Diffusion
+from ddpm_jax.sampling import INIT, initial_noise, per_sample_normal
 
 from .helpers import TINY_DIFFUSION, TINY_UNET
 
@@ -130,3 +132,10 @@ def test_bfloat16_unet_stays_close_to_float32(tiny_model, tiny_params):
     assert 0 < np.abs(a - b).max() < 0.25
     with pytest.raises(ValueError, match="unknown precision 'float16'"):
         Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, precision="float16")
+
+
+def test_initial_noise_is_the_default_compiles_bits():
+    """x_T's program, compiled at a lower LLVM level to start sooner, gives the bits of the default."""
+    key, ids = jax.random.key(7), jnp.arange(5, 69, dtype=jnp.int32)
+    default = jax.jit(lambda k, i: per_sample_normal(k, INIT, i, 0, (32, 32, 3)))(key, ids)
+    np.testing.assert_array_equal(np.asarray(initial_noise(key, ids, (32, 32, 3))), np.asarray(default))
