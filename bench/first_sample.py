@@ -142,18 +142,8 @@ def main():
         model = make_weights(args.random, tmp) if args.random else args.model
         env = dict(os.environ, DDPM_JAX_CACHE=str(tmp / "cache"))
         steps = [] if args.steps is None else ["--steps", str(args.steps)]
-        cli = [
-            sys.executable,
-            "-m",
-            "ddpm_jax.cli",
-            "sample",
-            "--model",
-            model,
-            "--n",
-            str(args.n),
-            "--batch",
-            str(args.n),
-        ]
+        cli = [sys.executable, "-m", "ddpm_jax.cli", "sample", "--model", model]
+        cli += ["--n", str(args.n), "--batch", str(args.n)]
         cli += [*steps, "--sampler", args.sampler, "--conv", args.conv]
         jax_times = [timed([*cli, "--out", tmp / f"out{i}"], env)[0] for i in range(1 + args.runs)]
         phase_args = [model, json.dumps(args.steps), args.sampler, str(tmp), args.conv, str(args.n)]
@@ -161,13 +151,8 @@ def main():
         jax_warm = timed([sys.executable, "-c", JAX_PHASES, *phase_args], dict(env, DDPM_JAX_CACHE=str(tmp / "c2")))
         if args.torch:
             folder = diffusers_folder(model, tmp / "diffusers", args.sampler)
-            torch_args = [
-                str(folder),
-                json.dumps(args.steps),
-                DIFFUSERS_SCHEDULERS[args.sampler],
-                str(tmp),
-                str(args.n),
-            ]
+            scheduler = DIFFUSERS_SCHEDULERS[args.sampler]
+            torch_args = [str(folder), json.dumps(args.steps), scheduler, str(tmp), str(args.n)]
             torch_runs = [timed([sys.executable, "-c", TORCH_PICTURE, *torch_args], env) for _ in range(1 + args.runs)]
     chain = f"{args.sampler}, {args.steps or 'all T'} steps"
     what = "first picture" if args.n == 1 else f"first {args.n} pictures (one batch)"
