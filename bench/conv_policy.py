@@ -8,10 +8,13 @@ shared machine it moves less than wall time.
     python bench/conv_policy.py                      # cifar10's shapes at batch 1 and 8
     python bench/conv_policy.py --preset lsun --batches 1
     python bench/conv_policy.py --batches 1,8,32 --against 4:2,8:4   # the whole step: the table vs another
+    python bench/conv_policy.py --batches 8,32,64 --micro 0,4,8,16    # the whole step in micro-batches
 
 With --against, the whole UNet step (the preset's, random weights, "auto"'s channel floor)
 is timed instead under `CPU_WINOGRAD` and under the given table of (min map side, m)
-pairs, alternating; median and min wall ms per call.
+pairs, alternating; median and min wall ms per call. With --micro, the whole step under
+`CPU_WINOGRAD` with the batch run in micro-batches of each given number of images (0: the
+whole batch in one call; `ops.in_micro_batches`, the choice behind `ops.CPU_MICRO_PIXELS`).
 """
 
 from __future__ import annotations
@@ -90,32 +93,37 @@ def parse_table(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(tuple(int(v) for v in pair.split(":")) for pair in text.split(","))
 
 
-def time_tables(preset: str, tables: dict, n: int, reps: int) -> dict:
-    """{name: (median wall ms, min wall ms)} of the preset's UNet step at batch n under each
-    Winograd table (same random params, each laid out for its table), alternating."""
+def time_steps(preset: str, cands: dict, n: int, reps: int) -> dict:
+    """{name: (median wall ms, min wall ms)} of the preset's UNet step at batch n for each
+    (Winograd table, images per micro-batch) in `cands` (same random params, each laid out
+    for its table), alternating."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from ddpm_jax.config import UNET_PRESETS
-    from ddpm_jax.ops import AUTO_MIN_CHANNELS, Ops
+    from ddpm_jax.ops import AUTO_MIN_CHANNELS, Ops, in_micro_batches
     from ddpm_jax.unet import UNet, init_params, layout_params
 
     cfg = UNET_PRESETS[preset]
     params = init_params(cfg, jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (n, cfg.resolution, cfg.resolution, cfg.in_channels))
     t = jnp.full((n,), 500, jnp.int32)
-    cands = {}
-    for name, table in tables.items():
+    runs = {}
+    for name, (table, micro) in cands.items():
         ops = Ops(table, min_channels=AUTO_MIN_CHANNELS)
         model = UNet(cfg, ops)
-        f = jax.jit(lambda p, x, t, model=model: model.apply({"params": p}, x, t))
+        f = jax.jit(
+            lambda p, x, t, model=model, micro=micro: in_micro_batches(
+                lambda x, t: model.apply({"params": p}, x, t), x, t, micro
+            )
+        )
         run = layout_params(cfg, ops, params)
         f(run, x, t).block_until_ready()
-        cands[name] = (f, run)
-    wall = {k: [] for k in cands}
+        runs[name] = (f, run)
+    wall = {k: [] for k in runs}
     for _ in range(reps):
-        for k, (f, run) in cands.items():
+        for k, (f, run) in runs.items():
             t0 = time.perf_counter()
             f(run, x, t).block_until_ready()
             wall[k].append(time.perf_counter() - t0)
@@ -129,21 +137,26 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--no-flags", action="store_true", help="leave out ddpm_jax.cpu_flags")
     p.add_argument("--against", type=parse_table, help="time the whole step under CPU_WINOGRAD and this table")
+    p.add_argument("--micro", help="time the whole step in micro-batches of these many images (0: whole)")
     args = p.parse_args(argv)
     if not args.no_flags:
         from ddpm_jax.cpu_flags import use_cpu_flags
 
         use_cpu_flags()
-    if args.against:
+    if args.against or args.micro:
         from ddpm_jax.ops import CPU_WINOGRAD
 
-        tables = {f"CPU_WINOGRAD {CPU_WINOGRAD}": CPU_WINOGRAD, f"against {args.against}": args.against}
+        if args.against:
+            cands = {f"CPU_WINOGRAD {CPU_WINOGRAD}": (CPU_WINOGRAD, 0), f"against {args.against}": (args.against, 0)}
+        else:
+            cands = {f"micro {k}": (CPU_WINOGRAD, k) for k in map(int, args.micro.split(","))}
         print(f"{args.preset}: the whole UNet step, median / min wall ms per call over {args.reps}")
         for n in map(int, args.batches.split(",")):
-            res = time_tables(args.preset, tables, n, args.reps)
-            (ma, _), (mb, _) = res.values()
+            res = time_steps(args.preset, cands, n, args.reps)
+            first = next(iter(res.values()))[0]
             cells = "  ".join(f"{k} {med:8.1f} / {low:8.1f}" for k, (med, low) in res.items())
-            print(f"batch {n:3d}  {cells}  (against / table, medians: {mb / ma:.3f})", flush=True)
+            ratios = ", ".join(f"{med / first:.3f}" for med, _ in res.values())
+            print(f"batch {n:3d}  {cells}  (medians over the first: {ratios})", flush=True)
         return 0
     print(f"{args.preset}: min wall ms / median CPU ms per call; best by wall time")
     for n in map(int, args.batches.split(",")):

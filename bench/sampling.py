@@ -12,7 +12,8 @@ that starts while the load is high, is measured again (up to --retries).
 Variants (--variants): jax_xla (the release UNet as written, XLA's
 convolution, XLA's default flags), jax_fast (float32, the fast CPU path:
 Winograd convolutions where they win, `ddpm_jax.cpu_flags`), jax_fast_noflags
-(the same without the flags: what they add), jax_mixed_bf16
+(the same without the flags: what they add), jax_fast_whole (the same with
+the whole batch in one UNet call, no micro-batches: what they add), jax_mixed_bf16
 and jax_bf16 (the `precision` options), torch, torch_compile, torch_bf16
 and torch_compile_bf16 (bfloat16: weights cast on the CPU as PyTorch users
 do there, autocast on a GPU), onnxruntime and openvino (the same diffusers
@@ -50,12 +51,14 @@ class Variant:
     conv: str = "auto"  # jax: Diffusion(conv=...)
     fast_flags: bool = True  # jax: the XLA flags `import ddpm_jax` sets (False: DDPM_JAX_CPU_FLAGS=0)
     compiled: bool = False  # torch: torch.compile
+    micro_batch: int | None = None  # jax: Diffusion(micro_batch=...)
 
 
 VARIANTS = {
     "jax_xla": Variant("jax", "float32", conv="xla", fast_flags=False),
     "jax_fast": Variant("jax", "float32"),
     "jax_fast_noflags": Variant("jax", "float32", fast_flags=False),
+    "jax_fast_whole": Variant("jax", "float32", micro_batch=0),
     "jax_mixed_bf16": Variant("jax", "mixed_bf16"),
     "jax_bf16": Variant("jax", "bfloat16"),
     "torch": Variant("torch", "float32"),
@@ -72,6 +75,7 @@ PEERS = {
     "jax_fast": FLOAT32_PEERS,
     "jax_xla": FLOAT32_PEERS,
     "jax_fast_noflags": FLOAT32_PEERS,
+    "jax_fast_whole": FLOAT32_PEERS,
     "jax_mixed_bf16": ("torch_bf16", "torch_compile_bf16"),
     "jax_bf16": ("torch_bf16", "torch_compile_bf16"),
 }
@@ -145,6 +149,7 @@ def _diffusion(weights, variant: Variant, chunk_size):
         chunk_size=chunk_size,
         precision=variant.precision,
         conv=variant.conv,
+        micro_batch=variant.micro_batch,
     )
 
 
@@ -198,9 +203,11 @@ class JaxRunner:
         t = jnp.full((n,), T - 1, jnp.int32)
         cost = jax.jit(UNet(m.unet_config).apply).lower({"params": m.params}, x, t).cost_analysis() or {}
         # The FLOPs of the program that runs (Winograd where it does): over the peak, the step's floor.
-        ran = jax.jit(lambda p, x, t: m.eps(x, t, params=p)).lower(m.run_params, x, t).cost_analysis() or {}
+        # One image's, times n: XLA counts a micro-batch loop's body once, and the work is per image.
+        ran = jax.jit(lambda p, x, t: m.eps(x, t, params=p)).lower(m.run_params, x[:1], t[:1]).cost_analysis() or {}
+        run_flops = ran["flops"] * n if ran.get("flops") else None
         null_s = _timed(lambda: jax.block_until_ready(null(*null_args)), reps)
-        return chunk, dict(flops=cost.get("flops"), run_flops=ran.get("flops"), sampler_s=[s / steps for s in null_s])
+        return chunk, dict(flops=cost.get("flops"), run_flops=run_flops, sampler_s=[s / steps for s in null_s])
 
     def chain(self, weights, n):
         import numpy as np

@@ -45,6 +45,15 @@ CONVS = ("auto", "xla", "winograd")
 # round-3 EPYC, the cifar10 UNet, one picture in 10 DPM-Solver++ steps, a fresh process: 6.8 s
 # against 11.1 with an empty compilation cache (bench/first_sample.py, docs/benchmarks.md).
 SHORT_JOB = 32
+# A batch larger than this many pixels (images x H x W) runs through the Winograd UNet in equal
+# micro-batches, one after another (`micro_batch`, `in_micro_batches`). F(4x4)'s transformed
+# input tiles are 2.25x the activations; at batch 32 on 32x32 maps they leave the cache, and the
+# transforms, not the products, took most of the step. The cifar10 step in micro-batches of 8
+# against the whole batch (same bits; bench/conv_policy.py --micro, docs/benchmarks.md): on the
+# round-3 EPYC (Zen 5) 0.73x the time at batch 32 and 0.55x at 64; on a Xeon with AMX 0.93x and
+# 0.80x. Micro-batches of 4 won at batch 8 on the EPYC (0.82-0.90x) but lost 10% on the Xeon;
+# of 16, 0.75x at 64 on the Xeon, 0.78x at 32 on the EPYC. XLA's own convolution gained nothing.
+CPU_MICRO_PIXELS = 8 * 32 * 32
 
 
 def conv_for_job(conv: str, image_steps: int) -> str:
@@ -54,6 +63,32 @@ def conv_for_job(conv: str, image_steps: int) -> str:
     if conv not in CONVS:
         raise ValueError(f"unknown conv {conv!r}; valid: {', '.join(CONVS)}")
     return "xla" if conv == "auto" and image_steps <= SHORT_JOB else conv
+
+
+def micro_batch(run_params, height: int, width: int) -> int:
+    """Images per UNet call for (height, width) images: `CPU_MICRO_PIXELS` worth (at least one)
+    where some conv runs as Winograd on the CPU (a kernel of `run_params` in a Winograd layout),
+    else 0, the whole batch in one call. Reads only shapes, so it works on tracers."""
+    winograd_kernels = any(a.ndim == 4 and a.shape[0] != 3 for a in jax.tree.leaves(run_params))
+    if not winograd_kernels or jax.default_backend() != "cpu":
+        return 0
+    return max(1, CPU_MICRO_PIXELS // (height * width))
+
+
+def in_micro_batches(fn, x, t, size: int):
+    """fn(x, t) for a batch x (n, ...) and timesteps t (n,), in equal micro-batches of at most
+    `size` images run one after another (one `lax.map`, so `fn` is traced once); the batch is
+    padded to a whole number of them and the padding dropped. `size` 0 or >= n: one call."""
+    n = x.shape[0]
+    if not size or n <= size:
+        return fn(x, t)
+    calls = -(-n // size)
+    per_call = -(-n // calls)
+    pad = calls * per_call - n
+    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(calls, per_call, *x.shape[1:])
+    ts = jnp.pad(jnp.broadcast_to(t, (n,)), (0, pad)).reshape(calls, per_call)
+    out = jax.lax.map(lambda a: fn(*a), (xs, ts))
+    return out.reshape(calls * per_call, *out.shape[2:])[:n]
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from .inpainting import (
 from .interpolation import check_lambdas, lerp, slerp
 from .likelihood import Bound, bound_chunk, grid_images, variational_bound
 from .memory import check_batch
-from .ops import CONVS, PRECISIONS, choose_ops
+from .ops import CONVS, CPU_MICRO_PIXELS, PRECISIONS, choose_ops, in_micro_batches, micro_batch
 from .samplers import Sampler
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
 from .sharding import replicate, shard_batch
@@ -80,10 +80,16 @@ def as_key(key) -> jax.Array:
     raise TypeError(f"key must be an int seed in [0, 2**64) or a jax.random key, got {type(key).__name__} {key!r:.80}")
 
 
-def _apply_unet(model: UNet, dtype, params, x, t):
+def _apply_unet(model: UNet, dtype, micro: int | None, params, x, t):
     """The UNet on x cast to `dtype` (its activations' dtype; run params
-    already laid out), eps back in float32."""
-    return model.apply({"params": params}, x.astype(dtype), t).astype(jnp.float32)
+    already laid out), eps back in float32; in micro-batches of `micro` images
+    (None: `ops.micro_batch`'s choice, 0: the whole batch at once)."""
+    size = micro_batch(params, *x.shape[1:3]) if micro is None else micro
+
+    def one(x, t):
+        return model.apply({"params": params}, x.astype(dtype), t).astype(jnp.float32)
+
+    return in_micro_batches(one, x, t, size)
 
 
 def _run(chain: Iterator[Step], callback: Callback | None) -> jax.Array:
@@ -160,7 +166,12 @@ class Diffusion:
     Winograd on the CPU backend (float32 and mixed_bf16) and as XLA's
     convolution elsewhere; "xla" and "winograd" force one. Either way the
     params are the same; only `run_params` are laid out differently. For the
-    fast CPU path's XLA flags see `ddpm_jax.cpu_flags`.
+    fast CPU path's XLA flags see `ddpm_jax.cpu_flags`. `micro_batch` is how
+    many images one UNet call takes, a larger batch running in equal
+    micro-batches one after another: None (default) picks
+    `ops.CPU_MICRO_PIXELS` worth where Winograd convs run on the CPU (8
+    images of 32x32) and the whole batch elsewhere; 0 always the whole
+    batch. Pictures do not depend on it beyond float rounding.
     """
 
     # Coefficient tables kept per (spacing, steps): a few KB each.
@@ -179,6 +190,7 @@ class Diffusion:
         precision: str = "float32",
         conv: str = "auto",
         mesh: Mesh | None = None,
+        micro_batch: int | None = None,
     ):
         check_params(flatten_params(params), unet_config)
         if precision not in PRECISIONS:
@@ -193,6 +205,7 @@ class Diffusion:
         self.sampler = samplers.get(sampler, eta)
         self.num_timesteps = self.sampler.check_steps(steps, diffusion_config.num_diffusion_timesteps)
         self.chunk_size = check_int("chunk_size", chunk_size, 1, 10**6)
+        self.micro_batch = None if micro_batch is None else check_int("micro_batch", micro_batch, 0, 10**6)
         self.precision, self.conv = precision, conv
         backend = jax.default_backend()
         self.model = UNet(unet_config, choose_ops(precision, conv, backend))
@@ -201,7 +214,8 @@ class Diffusion:
         self.mesh = mesh
         self._tables: dict[tuple[str, int], tuple[Coefficients, Coefficients]] = {}
         self._run: dict[str, dict] = {}  # run params, made on first use
-        model_fn = partial(_apply_unet, self.model, self.dtype)
+        # A batch sharded over a mesh runs whole: micro-batches would gather it on each device.
+        model_fn = partial(_apply_unet, self.model, self.dtype, 0 if mesh is not None else self.micro_batch)
         self._denoise_chunk = self._stored(
             "denoise_chunk", partial(denoise_chunk, model_fn, chunk=self.chunk_size), ("clip", "sampler")
         )
@@ -219,6 +233,7 @@ class Diffusion:
             return jitted
         fingerprint = (
             f"{self.diffusion_config!r}|{self.unet_config!r}|{self.model.ops!r}|{self.dtype}|{self.chunk_size}"
+            f"|micro {self.micro_batch} of {CPU_MICRO_PIXELS} px"
         )
         return StoredJit(jitted, name, fingerprint)
 
@@ -290,7 +305,8 @@ class Diffusion:
         are not baked in as constants) and precision: x (n, H, W, C) float32,
         t int32 (n,) model timesteps; float32 out. Traceable (jit it).
         A v or x_0 model's output is turned into eps (`diffusion.model_prediction`)."""
-        output = _apply_unet(self.model, self.dtype, self.run_params if params is None else params, x, t)
+        micro = 0 if self.mesh is not None else self.micro_batch
+        output = _apply_unet(self.model, self.dtype, micro, self.run_params if params is None else params, x, t)
         return model_prediction(output, x, t, self._process, clip=False)[0]
 
     @property
@@ -307,11 +323,17 @@ class Diffusion:
 
         Shares params, run params and compiled chunks (nothing recompiles)
         unless `kwargs` change how the UNet runs (`precision`, `conv`,
-        `mesh`, `chunk_size`), which builds a new model on the same params.
+        `mesh`, `chunk_size`, `micro_batch`), which builds a new model on the same params.
         """
         sampler = samplers.get(sampler, eta)
         steps = sampler.check_steps(steps, self.diffusion_config.num_diffusion_timesteps)
-        same = {"chunk_size": self.chunk_size, "precision": self.precision, "conv": self.conv, "mesh": self.mesh}
+        same = {
+            "chunk_size": self.chunk_size,
+            "precision": self.precision,
+            "conv": self.conv,
+            "mesh": self.mesh,
+            "micro_batch": self.micro_batch,
+        }
         if any(kwargs.get(k, v) is not v and kwargs.get(k, v) != v for k, v in same.items()):
             new = Diffusion(
                 diffusion_config=self.diffusion_config,

@@ -68,15 +68,18 @@ def test_scaling(tiny_path, train):
     assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1]) > 0 for r in rows), out
 
 
-def test_conv_policy_times_each_conv_and_the_whole_step_under_two_tables():
+def test_conv_policy_times_each_conv_and_the_whole_step_under_two_tables_and_in_micro_batches():
     out = bench("conv_policy.py", "--preset", "digits", "--batches", "1", "--reps", "1")
     rows = re.findall(r"^batch\s+1\s+(\d+)x\d+\s+(\d+)->(\d+)\s+direct .* best (\w+)", out, re.M)
     assert rows and all(best in ("direct", "F2", "F4") for *_, best in rows), out
     out = bench("conv_policy.py", "--preset", "digits", "--batches", "1,2", "--reps", "1", "--against", "4:2,8:4")
     steps = re.findall(
-        r"^batch\s+(\d)\s+CPU_WINOGRAD .* against \(\(4, 2\), \(8, 4\)\) .* medians: ([\d.]+)\)", out, re.M
+        r"^batch\s+(\d)\s+CPU_WINOGRAD .* against \(\(4, 2\), \(8, 4\)\) .* first: 1\.000, ([\d.]+)\)", out, re.M
     )
     assert [s[0] for s in steps] == ["1", "2"] and all(float(s[1]) > 0 for s in steps), out
+    out = bench("conv_policy.py", "--preset", "digits", "--batches", "3", "--reps", "1", "--micro", "0,2")
+    steps = re.findall(r"^batch\s+3\s+micro 0 .* micro 2 .* first: 1\.000, ([\d.]+)\)", out, re.M)
+    assert len(steps) == 1 and float(steps[0]) > 0, out
 
 
 @pytest.mark.parametrize("torch", [pytest.param(False), pytest.param(True, marks=pytest.mark.slow)], ids=["", "torch"])
@@ -150,7 +153,7 @@ def check_sampling_results(res, variants, preset="tiny"):
 @pytest.mark.slow
 def test_sampling_bench_times_every_cpu_engine_checked_against_pytorch(tmp_path):
     out = tmp_path / "engines.json"
-    variants = ["jax_fast", "torch", "onnxruntime", "openvino"]
+    variants = ["jax_fast", "jax_fast_whole", "torch", "onnxruntime", "openvino"]
     text = bench("sampling.py", "--preset", "tiny", "--variants", ",".join(variants), "--json", out, timeout=900)
     check_sampling_results(json.loads(out.read_text()), variants)
     assert re.search(r"jax_fast: vs torch [\d.]+x, vs onnxruntime [\d.]+x, vs openvino [\d.]+x", text), text

@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 
 from ddpm_jax import DIFFUSION_PRESETS, UNET_PRESETS, Diffusion, cpu_flags, winograd
-from ddpm_jax.ops import AUTO_MIN_CHANNELS, BF16_WINOGRAD, CPU_WINOGRAD, Ops, choose_ops
+from ddpm_jax.ops import (
+    AUTO_MIN_CHANNELS,
+    BF16_WINOGRAD,
+    CPU_MICRO_PIXELS,
+    CPU_WINOGRAD,
+    Ops,
+    choose_ops,
+    in_micro_batches,
+    micro_batch,
+)
 from ddpm_jax.unet import init_params, layout_params
 from ddpm_jax.weights import flatten_params
 
@@ -215,6 +224,64 @@ def test_precision_and_conv_are_checked_and_kept_by_respaced(tiny_params):
     other = m.respaced(5, precision="float32")
     assert other.run_params is not m.run_params
     assert flatten_params(other.run_params)["conv_out/kernel"].dtype == jnp.float32
+
+
+# --------------------------------------------------------------------------- micro-batches
+
+
+def _scan_lengths(fn, *args) -> list[int]:
+    """The lengths of the scans (lax.map) at the top of fn's jaxpr."""
+    return [e.params["length"] for e in jax.make_jaxpr(fn)(*args).eqns if e.primitive.name == "scan"]
+
+
+@pytest.mark.parametrize(
+    "n, size, calls, per_call", [(1, 4, 0, 1), (4, 4, 0, 4), (5, 4, 2, 3), (9, 4, 3, 3), (11, 4, 3, 4)]
+)
+def test_in_micro_batches_splits_evenly_pads_and_gives_the_whole_batchs_result(n, size, calls, per_call):
+    traced = []
+
+    def fn(x, t):  # per image: depends on its own x and t only
+        traced.append(x.shape[0])
+        return x * t[:, None, None, None] + x.sum(axis=(1, 2, 3), keepdims=True)
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 2, 2, 3)).astype(np.float32)
+    t = rng.integers(0, 1000, n).astype(np.int32)
+    out = in_micro_batches(fn, x, t, size)
+    assert traced == [per_call] and out.shape == x.shape
+    np.testing.assert_allclose(out, fn(x, t), rtol=1e-6)
+    assert _scan_lengths(lambda x, t: in_micro_batches(fn, x, t, size), x, t) == ([calls] if calls else [])
+    assert _scan_lengths(lambda x, t: in_micro_batches(fn, x, t, 0), x, t) == []  # 0: one call
+
+
+def test_micro_batches_hold_a_fixed_number_of_pixels_where_winograd_runs_on_the_cpu(tiny_params):
+    fast = Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="winograd")
+    plain = fast.respaced(fast.num_timesteps, conv="xla")
+    assert jax.default_backend() == "cpu" and CPU_MICRO_PIXELS == 8 * 32 * 32
+    assert micro_batch(fast.run_params, 32, 32) == 8 and micro_batch(fast.run_params, 8, 8) == 128
+    assert micro_batch(fast.run_params, 256, 256) == 1  # never below one image
+    assert micro_batch(plain.run_params, 32, 32) == 0  # XLA's conv gains nothing from them: whole
+    assert micro_batch(fast.params, 32, 32) == 0  # untouched 3x3 kernels: no Winograd layout
+
+
+def test_a_diffusion_in_micro_batches_samples_what_the_whole_batch_does(tiny_params):
+    whole = Diffusion(
+        diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="winograd", micro_batch=0
+    ).respaced(5, sampler="ddim")
+    micro = whole.respaced(5, sampler="ddim", micro_batch=3)
+    assert (micro.micro_batch, micro.respaced(4).micro_batch, whole.micro_batch) == (3, 3, 0)
+    assert (
+        micro.model.ops == whole.model.ops
+        and flatten_params(micro.run_params).keys() == flatten_params(whole.run_params).keys()
+    )
+    x = np.random.default_rng(0).standard_normal((8, *whole.image_shape)).astype(np.float32)
+    t = np.full((8,), 500, np.int32)
+    assert _scan_lengths(micro.eps, x, t) == [3] and _scan_lengths(whole.eps, x, t) == []  # 8 images: 3 + 3 + 2
+    a, b = np.asarray(micro.denoise(8, key=1)), np.asarray(whole.denoise(8, key=1))
+    assert np.abs(a - b).max() < 1e-5 and np.abs(b).max() > 0.5
+    for bad, err in ((-1, ValueError), (2.5, TypeError)):
+        with pytest.raises(err, match="micro_batch"):
+            whole.respaced(5, micro_batch=bad)
 
 
 # --------------------------------------------------------------------------- XLA flags
