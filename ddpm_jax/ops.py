@@ -49,7 +49,7 @@ SHORT_JOB = 32
 # micro-batches, one after another (`micro_batch`, `in_micro_batches`). F(4x4)'s transformed
 # input tiles are 2.25x the activations; at batch 32 on 32x32 maps they leave the cache, and the
 # transforms, not the products, took most of the step. The cifar10 step in micro-batches of 8
-# against the whole batch (same bits; bench/conv_policy.py --micro, docs/benchmarks.md): on the
+# against the whole batch (bench/conv_policy.py --micro, docs/benchmarks.md): on the
 # round-3 EPYC (Zen 5) 0.73x the time at batch 32 and 0.55x at 64; on a Xeon with AMX 0.93x and
 # 0.80x. Micro-batches of 4 won at batch 8 on the EPYC (0.82-0.90x) but lost 10% on the Xeon;
 # of 16, 0.75x at 64 on the Xeon, 0.78x at 32 on the EPYC. XLA's own convolution gained nothing.

@@ -215,7 +215,8 @@ class Diffusion:
         self._tables: dict[tuple[str, int], tuple[Coefficients, Coefficients]] = {}
         self._run: dict[str, dict] = {}  # run params, made on first use
         # A batch sharded over a mesh runs whole: micro-batches would gather it on each device.
-        model_fn = partial(_apply_unet, self.model, self.dtype, 0 if mesh is not None else self.micro_batch)
+        self._micro = 0 if mesh is not None else self.micro_batch
+        model_fn = partial(_apply_unet, self.model, self.dtype, self._micro)
         self._denoise_chunk = self._stored(
             "denoise_chunk", partial(denoise_chunk, model_fn, chunk=self.chunk_size), ("clip", "sampler")
         )
@@ -305,8 +306,7 @@ class Diffusion:
         are not baked in as constants) and precision: x (n, H, W, C) float32,
         t int32 (n,) model timesteps; float32 out. Traceable (jit it).
         A v or x_0 model's output is turned into eps (`diffusion.model_prediction`)."""
-        micro = 0 if self.mesh is not None else self.micro_batch
-        output = _apply_unet(self.model, self.dtype, micro, self.run_params if params is None else params, x, t)
+        output = _apply_unet(self.model, self.dtype, self._micro, self.run_params if params is None else params, x, t)
         return model_prediction(output, x, t, self._process, clip=False)[0]
 
     @property
