@@ -6,7 +6,8 @@
 #
 # Options: --out DIR (default: bench-gpu-out) gets gpu.json and gpu.txt (the printed table);
 # --wheels DIR (default: .whl) holds the wheels to install where a package is missing;
-# --variants LIST overrides bench/sampling.py's variants; PYTHON (default: python3) runs it all.
+# --variants LIST overrides bench/sampling.py's variants, --cases LIST its cases (float32 and bfloat16),
+# --deadline S its time limit in seconds; PYTHON (default: python3) runs it all.
 #
 # It runs bench/sampling.py with: the cifar10 preset at batch 1, 64 and 256 and the lsun preset
 # at batch 1 and 8; per-step times of ddpm_jax in float32, bfloat16 and mixed_bf16 against
@@ -27,12 +28,16 @@ out=bench-gpu-out
 wheels=.whl
 dry_run=0
 variants=jax_xla,torch,torch_compile,jax_bf16,torch_bf16,torch_compile_bf16,jax_mixed_bf16
+cases=cifar10:1,cifar10:64,cifar10:256,lsun:1,lsun:8
+deadline=420
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu-dry-run) dry_run=1 ;;
         --out) out="$2"; shift ;;
         --wheels) wheels="$2"; shift ;;
         --variants) variants="$2"; shift ;;
+        --cases) cases="$2"; shift ;;
+        --deadline) deadline="$2"; shift ;;
         -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "bench/gpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -52,8 +57,7 @@ else
     fi
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu-device.txt"
-    cases=cifar10:1,cifar10:64,cifar10:256,lsun:1,lsun:8
     args=(--device gpu --cases "$cases" --bf16-cases "$cases" --chain cifar10:1 --parity cifar10
-          --steps 5 --reps 3 --retries 0 --deadline 420)
+          --steps 5 --reps 3 --retries 0 --deadline "$deadline")
 fi
 "$python" "$here/bench/sampling.py" "${args[@]}" --variants "$variants" --json "$out/gpu.json" | tee "$out/gpu.txt"

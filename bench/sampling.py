@@ -656,7 +656,7 @@ def main(argv=None):
         p.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
     results = run_all(args)
     print_table(results)
-    return 0
+    return 1 if results["failed"] else 0
 
 
 def run_all(args):
@@ -675,6 +675,7 @@ def run_all(args):
         "chains": [],
         "parity": None,
         "skipped": [],
+        "failed": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
         if args.device == "cpu" and args.preset != "tiny":
@@ -707,7 +708,12 @@ def run_all(args):
                 parity=parity,
                 deadline=deadline,
             )
-            out = spawn("variant", plan, args)
+            try:
+                out = spawn("variant", plan, args)
+            except RuntimeError as err:  # one engine failing (a missing package, a new version) keeps the others
+                print(err, file=sys.stderr)
+                results["failed"].append(dict(variant=v, error=str(err)[-3000:]))
+                continue
             for key in ("runs", "chains", "skipped"):
                 results[key] += [dict(r, variant=v, device=out["device"]) for r in out[key]]
             if "parity" in out:
@@ -780,6 +786,8 @@ def print_table(results):
         )
         for v, d in par["max_abs_diff"].items():
             print(f"  {v:18} {d:.2e}")
+    for f in results.get("failed", []):
+        print(f"{f['variant']} failed: {f['error'].strip().splitlines()[-1] if f['error'].strip() else '?'}")
     if results["skipped"]:
         print(f"skipped for the deadline: {len(results['skipped'])} measurements (listed in the JSON)")
 

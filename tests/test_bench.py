@@ -134,7 +134,7 @@ def cpu_model():
 def check_sampling_results(res, variants, preset="tiny"):
     """The JSON of bench/sampling.py holds a sane measurement of every variant."""
     assert res["machine"]["cpu_model"] == cpu_model()
-    assert res["skipped"] == [] and set(res["variants"]) == set(variants)
+    assert res["skipped"] == [] and res["failed"] == [] and set(res["variants"]) == set(variants)
     assert {r["variant"] for r in res["runs"]} == set(variants)
     for r in res["runs"]:
         assert r["preset"] == preset and r["batch"] == 1 and len(r["step_s"]) == 2
@@ -194,6 +194,18 @@ def test_gpu_script_dry_run_runs_the_sampling_bench_on_a_tiny_unet(tmp_path):
         [sys.executable, "bench/sampling.py", "--variants", "jax_fast,nope"], cwd=ROOT, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "unknown variants ['nope']" in bad.stderr
+
+
+def test_sampling_bench_records_a_failing_variant_and_goes_on_to_the_next(tmp_path):
+    """On a machine without CUDA, both GPU variants fail: each is recorded with its error, the
+    second is still tried, the table is printed and the exit status says so."""
+    out = tmp_path / "failed.json"
+    cmd = [sys.executable, "bench/sampling.py", "--device", "gpu", "--cases", "tiny:1", "--bf16-cases", ""]
+    cmd += ["--chain", "", "--parity", "", "--variants", "jax_xla,torch", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = json.loads(out.read_text())
+    assert proc.returncode == 1 and res["runs"] == [] and [f["variant"] for f in res["failed"]] == ["jax_xla", "torch"]
+    assert "CUDA" in res["failed"][1]["error"] and "torch failed: " in proc.stdout and "jax_xla failed: " in proc.stdout
 
 
 @pytest.mark.slow
