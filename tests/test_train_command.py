@@ -9,7 +9,7 @@ from ddpm_jax.cli import main
 from ddpm_jax.pipeline import Diffusion
 from ddpm_jax.weights import flatten_params, load_weights
 
-from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION, kill_train_steps_after
+from .helpers import MINI_TRAIN, ONE_LEVEL_UNET, TINY_DIFFUSION, kill_train_steps_after, tiny_diffusion_model
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +96,30 @@ def test_refuses_to_mix_runs(tmp_path, capsys):
     assert "train_config.seed: checkpoint 0 != requested 5" in capsys.readouterr().err
     assert _train(tmp_path / "empty", 6, "--resume") == 2
     assert "no checkpoint in" in capsys.readouterr().err
+
+
+def test_init_starts_from_a_model_and_prediction_changes_what_it_learns(tmp_path, capsys):
+    """`--init` takes a model's params and configs (with an EMA decay of 1 the export is those
+    params while the trained ones move); `--prediction v` fine-tunes an eps model into a v model;
+    a resume needs the same flags."""
+    teacher = tiny_diffusion_model(ONE_LEVEL_UNET, T=40)
+    path = tmp_path / "eps.safetensors"
+    teacher.save_pretrained(path)
+    init = ["--init", str(path), "--prediction", "v", "--sample-every", "0", "--ema-decay", "1"]
+    assert _train(tmp_path, 3, *init) == 0
+    dcfg, ucfg, ema = load_weights(tmp_path / "ema.safetensors")
+    assert dcfg.prediction_type == "v" and ucfg == ONE_LEVEL_UNET
+    assert dcfg.num_diffusion_timesteps == teacher.diffusion_config.num_diffusion_timesteps
+    want = flatten_params(teacher.params)
+    assert sorted(flatten_params(ema)) == sorted(want)
+    for k, v in flatten_params(ema).items():
+        np.testing.assert_array_equal(v, want[k], err_msg=k)
+    _, state, _ = read_checkpoint(checkpoint_path(tmp_path / "checkpoints", 3))
+    moved = [
+        k for k in want if not np.array_equal(state[".params" + "".join(f"['{p}']" for p in k.split("/"))], want[k])
+    ]
+    assert len(moved) == len(want)
+    capsys.readouterr()
+    assert _train(tmp_path, 6, *init[:2], "--sample-every", "0", "--ema-decay", "1", "--resume") == 2
+    assert "prediction_type: checkpoint 'v' != requested 'eps'" in capsys.readouterr().err
+    assert _train(tmp_path, 6, *init, "--resume") == 0

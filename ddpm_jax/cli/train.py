@@ -6,8 +6,25 @@ from .common import add_checkpoints, add_data, add_optimizer, add_out, add_prese
 
 
 def add_arguments(p):
+    from ..config import PREDICTION_TYPES
+
     add_data(p)
-    add_preset(p, "model and process preset (default: digits)", default="digits")
+    add_preset(
+        p, "model and process preset (default: digits; with --init, only its training settings)", default="digits"
+    )
+    p.add_argument(
+        "--init",
+        metavar="MODEL",
+        default=None,
+        help="start from this model's params and configs (a name or path `Diffusion.from_pretrained` loads)",
+    )
+    p.add_argument(
+        "--prediction",
+        choices=PREDICTION_TYPES,
+        default=None,
+        help="what the UNet learns to predict (default: the --init model's, else eps); with --init of "
+        "another type, the same network learns to read its output anew (fine-tuning eps into v, say)",
+    )
     p.add_argument("--steps", type=int, required=True, help="total optimizer steps to reach")
     add_out(p, "run folder")
     add_optimizer(p)
@@ -16,6 +33,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    import dataclasses
     import logging
 
     from ..compile_cache import enable_compilation_cache
@@ -34,10 +52,30 @@ def run(args) -> int:
         log_every=args.log_every,
     )
     tcfg = train_config(TRAIN_PRESETS.get(args.config, TrainConfig()), args)
-    ucfg, dcfg = UNET_PRESETS[args.config], DIFFUSION_PRESETS[args.config]
+    ucfg, dcfg, init = UNET_PRESETS[args.config], DIFFUSION_PRESETS[args.config], None
     enable_compilation_cache()
+    if args.init is not None:
+        from ..pipeline import Diffusion
+
+        model = Diffusion.from_pretrained(args.init)
+        # Trained on every timestep, a distilled model's params make a T-step model again.
+        ucfg, dcfg, init = (
+            model.unet_config,
+            dataclasses.replace(model.diffusion_config, distilled_steps=None),
+            model.params,
+        )
+    if args.prediction is not None:
+        dcfg = dataclasses.replace(dcfg, prediction_type=args.prediction)
     data = load_dataset(args.data, ucfg.resolution, ucfg.in_channels, strict=args.strict_data)
-    trainer = open_run(args.out, data, unet_config=ucfg, diffusion_config=dcfg, train_config=tcfg, resume=args.resume)
+    trainer = open_run(
+        args.out,
+        data,
+        unet_config=ucfg,
+        diffusion_config=dcfg,
+        train_config=tcfg,
+        resume=args.resume,
+        init_params=init,
+    )
     logging.getLogger(__name__).info(
         "data: %d images %s from %s; model: %s params; %s%s",
         data.shape[0],
