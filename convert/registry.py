@@ -13,8 +13,8 @@ from pathlib import Path
 import ddpm_jax
 from ddpm_jax.config import DIFFUSION_PRESETS, UNET_PRESETS, DiffusionConfig, UNetConfig
 
-# Models that ship inside the package: name -> file under ddpm_jax/models/. digits_4step is
-# digits distilled to 4 steps (docs/guide/distillation.md#the-bundled-digits_4step-model).
+# Models that ship inside the package: name -> file under ddpm_jax/models/. digits_4step is digits
+# fine-tuned to predict v, then distilled to 4 steps (docs/guide/distillation.md#the-bundled-digits_4step-model).
 MODELS_DIR = Path(ddpm_jax.__file__).parent / "models"
 BUNDLED: dict[str, str] = {"digits": "digits.safetensors", "digits_4step": "digits_4step.safetensors"}
 
