@@ -503,13 +503,14 @@ BASH_SPECS = {
         ),
     ),
     ("docs/guide/command-line.md", "ddpm-jax train --data digits"): BashSpec(
-        expect=("runs/digits/ema.safetensors", "runs/mine/ema.safetensors"),
+        expect=("runs/digits/ema.safetensors", "runs/mine/ema.safetensors", "runs/digits-v/ema.safetensors"),
         fixes=(
             ("--steps 12000 --out runs/digits --resume", "--steps 6 --out runs/digits --resume"),
             ("--steps 12000", "--steps 3"),
             ("--steps 800000 --batch 128", "--steps 2 --batch 4"),
+            ("--steps 10000 --lr 3e-4 --decay-steps 10000", "--steps 2 --batch 4 --lr 3e-4 --decay-steps 2"),
         ),
-        cifar10=TRAIN_CIFAR10,
+        cifar10=TRAIN_CIFAR10 + (("--init digits", "--init ema_cifar10"),),
         files=("path/to/images",),
     ),
     ("docs/guide/command-line.md", "ddpm-jax demo --model"): BashSpec(
@@ -571,10 +572,10 @@ BASH_SPECS = {
         fixes=(("--steps-per-round 2500 --batch 64 --lr 3e-4", "--from-steps 8 --steps-per-round 2 --batch 4"),),
         cifar10=None,
     ),
-    ("docs/guide/distillation.md", "--out runs/stage1b"): BashSpec(
-        expect=("runs/stage2b/round-6-4-steps/ema.safetensors", "runs/stage2b/round-8-1-steps/ema.safetensors"),
+    ("docs/guide/distillation.md", "--out runs/digits-v"): BashSpec(
+        expect=("runs/distil-v/round-7-4-steps/ema.safetensors", "runs/distil-v/round-9-1-steps/ema.safetensors"),
         fixes=(
-            ("--steps-per-round 8000 --batch 64", "--steps-per-round 2 --batch 4"),
+            ("--steps 10000 --lr 3e-4 --decay-steps 10000", "--steps 2 --batch 4 --lr 3e-4 --decay-steps 2"),
             ("--steps-per-round 4000 --batch 64", "--steps-per-round 2 --batch 4"),
         ),
         cifar10=None,
