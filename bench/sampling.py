@@ -786,8 +786,8 @@ def print_table(results):
         )
         for v, d in par["max_abs_diff"].items():
             print(f"  {v:18} {d:.2e}")
-    for f in results.get("failed", []):
-        print(f"{f['variant']} failed: {f['error'].strip().splitlines()[-1] if f['error'].strip() else '?'}")
+    for f in results["failed"]:
+        print(f"{f['variant']} failed: {(f['error'].strip().splitlines() or ['?'])[-1]}")
     if results["skipped"]:
         print(f"skipped for the deadline: {len(results['skipped'])} measurements (listed in the JSON)")
 
