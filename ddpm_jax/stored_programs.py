@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".jaxexport"
 # Programs held in this process (each a compiled executable), least recently used dropped first.
 KEPT = 64
-_PROGRAMS: OrderedDict[str, object] = OrderedDict()
+_PROGRAMS: OrderedDict[tuple, object] = OrderedDict()
 
 
 class NotStorable(Exception):
@@ -134,14 +134,22 @@ class StoredJit:
             ).encode()
         ).hexdigest()
         self._used.add(key)
-        if key not in _PROGRAMS:
-            _PROGRAMS[key] = jax.jit(
-                self._exported(where / f"{self._name}-{key[:32]}{SUFFIX}", tree, leaves, static).call
+        # The program runs on the arguments' device, named: left unspecified, arguments committed
+        # to it (a chunk's output, the next chunk's x) lower a second program beside uncommitted
+        # ones (x_T), and XLA compiled the chunk twice in one chain.
+        device = next((d for leaf in leaves if isinstance(leaf, jax.Array) for d in leaf.devices()), jax.devices()[0])
+        held = (key, device)
+        if held not in _PROGRAMS:
+            one = jax.sharding.SingleDeviceSharding(device)
+            _PROGRAMS[held] = jax.jit(
+                self._exported(where / f"{self._name}-{key[:32]}{SUFFIX}", tree, leaves, static).call,
+                in_shardings=one,
+                out_shardings=one,
             )
             if len(_PROGRAMS) > KEPT:
                 _PROGRAMS.popitem(last=False)
-        _PROGRAMS.move_to_end(key)
-        return _PROGRAMS[key](*leaves)
+        _PROGRAMS.move_to_end(held)
+        return _PROGRAMS[held](*leaves)
 
     def _exported(self, path: Path, tree, leaves, static) -> jax.export.Exported:
         """The program at `path`, or exported now and written there (a damaged file is replaced)."""

@@ -58,10 +58,11 @@ def add_arguments(p):
 
 
 def _load(models, choice):
-    from .models import ModelUnavailable
+    """Load the default model and compile the chain a new page starts on (`page_chain`)."""
+    from .models import ModelUnavailable, page_chain
 
     try:
-        models.get(choice)
+        models.warm_chain(page_chain(models.get(choice)))
     except ModelUnavailable as err:
         log.error("%s; the page starts anyway and says so", err)
 

@@ -143,7 +143,8 @@ class Demo:
         ema = parse_bool(ema, "EMA")
         seed = parse_int(seed, "seed", 0, 2**31 - 1)
         n = parse_int(batch, "batch size", 1, MAX_BATCH)
-        base = self.models.get(choice, ema)
+        switch = not self.models.is_loaded(choice, ema)
+        base = self.models.get(choice, ema)  # loads it the first time; compiles nothing
         if own_chain_only(base):  # the page's sampler and chain steps do not apply
             sampler, steps = base.sampler.name, None
         else:
@@ -155,6 +156,8 @@ class Demo:
             if steps is None and most < T:
                 raise ValueError(f"{sampler} needs a number of chain steps (1..{most}; 10 to 20 is plenty)")
         model = self.models.get(choice, ema, sampler, steps)
+        if switch:  # under `reset`'s loading message; elsewhere the first Denoise compiles, with a note
+            self.models.warm_chain(model, n)
         x = initial_noise(as_key(seed), jnp.arange(n, dtype=jnp.int32), model.image_shape)
         with session.lock:
             session.generation += 1  # ends a running chain

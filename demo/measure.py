@@ -2,8 +2,10 @@
 
 Starts `ddpm-jax demo` twice on 127.0.0.1 with one fresh compilation cache
 (cold, then warm) and reports the time from launch to the first image (the
-page's x_T) and to the first denoised image, the page's update rate during a
-full denoise, and the server's resident memory with each model loaded.
+page's x_T) and to the first denoised image, what a visitor then waits for on
+a new page's chain (the first picture, switching to each further model, the
+first Denoise at a new batch size), the page's update rate during a full
+denoise, and the server's resident memory with each model loaded.
 
 `--random PRESET` stands in a randomly initialised model at a preset's size
 (e.g. cifar10, whose weights cannot be fetched offline): the same compute and
@@ -116,15 +118,27 @@ WATCH_IMAGE = """() => {
 
 
 def page_update_rate(url: str, steps: int) -> dict:
-    """Image changes per second seen in Chromium while the page denoises `steps` steps."""
+    """Image changes per second seen in Chromium while the page denoises `steps` steps of DDPM."""
     from playwright.sync_api import sync_playwright
+
+    from ddpm_jax.demo.models import PAGE_CHAIN_STEPS
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url)
-            page.wait_for_selector("#xt img", timeout=120_000)
+            page.wait_for_function(
+                f"document.querySelector('#step input')?.value === '{PAGE_CHAIN_STEPS}'", timeout=120_000
+            )
+            # The page opens on a short chain; Reset onto the API's default, DDPM over all T.
+            page.locator("#sampler input").click()
+            page.get_by_role("option", name="ddpm", exact=True).click()
+            page.locator("#chain_steps input").fill("0")
+            page.get_by_role("button", name="Reset (fresh x_T)").click()
+            page.wait_for_function(
+                f"document.querySelector('#step input')?.value !== '{PAGE_CHAIN_STEPS}'", timeout=120_000
+            )
             start = page.locator("#step input").input_value()
             page.locator("#steps input").fill(str(steps))
             page.evaluate(WATCH_IMAGE)
@@ -146,6 +160,24 @@ def page_update_rate(url: str, steps: int) -> dict:
         median_gap_ms=round(gaps[len(gaps) // 2]) if gaps else None,
         steps_seen=[s for _, s in changes][:5] + ["..."],
     )
+
+
+def visitor_waits(client, models: list[str], batch: int) -> dict:
+    """Seconds a visitor waits on a new page's chain (`PAGE_SAMPLER` over `PAGE_CHAIN_STEPS`, one
+    click to a picture): each model's Reset (the first load of a further model: a switch) and
+    Denoise at batch size 1, then a Reset and Denoise on the last model at `batch`."""
+    from ddpm_jax.demo.models import PAGE_CHAIN_STEPS, PAGE_SAMPLER
+
+    waits = {}
+    for name, model, n in [*((m, m, 1) for m in models), (f"batch {batch}", models[-1], batch)]:
+        label = Path(name).stem
+        t0 = time.monotonic()
+        client.predict(model, False, 0, n, PAGE_SAMPLER, PAGE_CHAIN_STEPS, api_name="/reset")
+        t1 = time.monotonic()
+        client.predict(PAGE_CHAIN_STEPS, False, True, api_name="/denoise")
+        t2 = time.monotonic()
+        waits[label] = dict(reset_s=round(t1 - t0, 2), denoise_s=round(t2 - t1, 2))
+    return waits
 
 
 def update_rate(client, model: str, steps: int) -> dict:
@@ -178,6 +210,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--port", type=int, default=7871)
     p.add_argument("--steps", type=int, default=1000, help="steps of the timed denoise")
+    p.add_argument("--batch", type=int, default=4, help="the new batch size a visitor then picks")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ddpm_jax_measure_"))
     models = list(args.model or []) + [random_model(preset, work) for preset in args.random]
@@ -189,6 +222,7 @@ def main(argv=None) -> int:
         result, client, proc = launch_once(models, args.port, cache, work / f"{run}.log")
         try:
             report[run] = result
+            result["visitor_waits"] = visitor_waits(client, models, args.batch)
             if run == "warm":
                 report["api_update_rate"] = update_rate(client, models[0], args.steps)
                 if CHROMIUM.exists():

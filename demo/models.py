@@ -54,9 +54,9 @@ class Models:
     Every model is built with the same `chunk_size`: a Stop takes effect
     within one chunk, and each object keeps its own compiled chunks, so
     sharing one object per model means compiling once for all sessions.
-    A model is warmed up (compiled for batch size 1) before anyone gets it,
+    `warm_chain` compiles the chain a Reset asks for before the session gets it,
     so concurrent first users wait for one compilation instead of each
-    starting their own.
+    starting their own; a model's other samplers compile on first use.
     """
 
     def __init__(
@@ -74,6 +74,7 @@ class Models:
         self._failed: dict[str, tuple[float, str]] = {}  # name -> (when, message)
         self._ran: set[tuple] = set()  # what has compiled: see `_program`
         self._loading: dict[str, threading.Lock] = {}
+        self._warming: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def add(self, choice: str, name: str | None = None, ema_name: str | None = None) -> str:
@@ -89,6 +90,8 @@ class Models:
         return self.choices[choice][1 if ema else 0]
 
     def is_loaded(self, choice: str, ema: bool = False) -> bool:
+        if not isinstance(choice, str):  # whatever an API client sent: `get` names the problem
+            return False
         with self._lock:
             return self.choices.get(choice, (None, None))[bool(ema)] in self._loaded
 
@@ -105,7 +108,8 @@ class Models:
         """The shared model for a choice, loading it on first use (once), on its own chain
         (all T steps of DDPM; a distilled model's N); with another sampler, or `steps`, the same model with that
         default chain (`Diffusion.respaced`: it shares the compiled UNet, and
-        each sampler compiles once per server and batch size, whatever its steps)."""
+        each sampler compiles once per server and batch size, whatever its steps). Loading
+        compiles nothing: `warm_chain` does, for the chain a visitor asks for."""
         model = self._load(choice, ema)
         if sampler in (None, model.sampler.name) and steps in (None, model.num_timesteps):
             return model
@@ -129,11 +133,6 @@ class Models:
             log.info("loading model %s", name)
             try:
                 model = self._loader(name, chunk_size=self.chunk_size)
-                if self.warm:
-                    t0 = time.perf_counter()
-                    chains = warm_up(model)
-                    self._ran |= {_program(c, kind, 1) for c in chains for kind in ("denoise", "diffuse")}
-                    log.info("compiled %s in %.1f s", name, time.perf_counter() - t0)
             except Exception as err:  # any failure to fetch or read becomes a page message
                 log.warning("could not load %s: %s", name, err)
                 label = f"{choice} (EMA)" if ema and name != self.choices[choice][0] else choice
@@ -144,6 +143,27 @@ class Models:
                 self._loaded[name] = model
                 self._failed.pop(name, None)
             return model
+
+    def warm_chain(self, chain: Diffusion, n: int = 1):
+        """Compile (or fetch from the persistent caches) what a Reset and a first Denoise and
+        Diffuse of `chain` at batch size `n` run, once per server (with `warm`): a visitor who
+        switches model waits for the chain they asked for only, not for every sampler's."""
+        key = _program(chain, "denoise", n)
+        with self._lock:
+            if not self.warm or key in self._ran:
+                return
+            lock = self._warming.setdefault(key, threading.Lock())
+        with lock:  # concurrent first users wait for one compilation
+            with self._lock:
+                if key in self._ran:
+                    return
+            t0 = time.perf_counter()
+            warm_up(chain, n)
+            with self._lock:
+                self._ran |= {key, _program(chain, "diffuse", n)}
+            log.info(
+                "compiled the %s chain at batch size %d in %.1f s", chain.sampler.name, n, time.perf_counter() - t0
+            )
 
 
 def own_chain_only(model: Diffusion) -> bool:
@@ -161,13 +181,8 @@ def page_chain(model: Diffusion) -> Diffusion:
     return model.respaced(min(PAGE_CHAIN_STEPS, rule.max_steps(model.num_timesteps)), rule)
 
 
-def warm_up(model: Diffusion, n: int = 1) -> tuple[Diffusion, ...]:
-    """Compile (or fetch from the persistent caches) what a first Reset, Denoise and Diffuse at
-    batch size `n` run, on a new page's chain and on the API's default (all T steps of `model`'s
-    sampler): x_T, one reverse chunk of each, one forward chunk. Returns the models (one for a
-    distilled model)."""
-    chains = (model,) if own_chain_only(model) else (model, page_chain(model))
-    for chain in chains:
-        x = next(chain.denoise_steps(n, 1, key=0)).x
-    next(model.diffuse_steps(n, 1, x=x, curr_step=model.num_timesteps - 1, key=0)).x.block_until_ready()
-    return chains
+def warm_up(chain: Diffusion, n: int = 1):
+    """Run x_T, one reverse chunk of `chain` and one forward chunk at batch size `n`: what a
+    Reset, a first Denoise and a first Diffuse compile (or fetch from the persistent caches)."""
+    x = next(chain.denoise_steps(n, 1, key=0)).x
+    next(chain.diffuse_steps(n, 1, x=x, curr_step=chain.num_timesteps - 1, key=0)).x.block_until_ready()

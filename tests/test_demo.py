@@ -352,6 +352,22 @@ def test_reset_says_loading_before_a_first_load(model_path):
     assert outs[-1].step == T
 
 
+def test_a_switch_compiles_only_the_chain_it_asks_for(model_path):
+    """Reset onto a model not loaded yet compiles the chain it asks for at its batch size, and no
+    other sampler's: the first Denoise then runs without a compiling note."""
+    models = Models({"tiny": (model_path, model_path)}, chunk_size=CHUNK)
+    demo = Demo(models, "tiny", min_interval=0.0)
+    s = Session()
+    list(demo.reset(s, "tiny", False, 0, 2, "dpmpp_2m", 8))
+    chain = models.get("tiny", False, "dpmpp_2m", 8)
+    assert chain._denoise_chunk._cache_size() == 1  # dpmpp_2m at batch 2 only: not DDPM, not batch 1
+    views = list(demo.denoise(s, 8, False, True))
+    assert views[-1].step == 0 and not any("compiling" in str(v.status) for v in views)
+    assert models.first_run(models.get("tiny"), "denoise", 2)  # DDPM compiles on first use
+    list(demo.reset(Session(), "tiny", False, 0, 1, "ddim", 5))  # a loaded model: Reset compiles nothing
+    assert chain._denoise_chunk._cache_size() == 1
+
+
 def test_views_bind_fields_by_name():
     from ddpm_jax.demo.views import KEEP, View, bind
 

@@ -3,6 +3,7 @@ tracing, the key names everything that shapes a program, damage is repaired, and
 outside ddpm_jax is never stored."""
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import partial
 
@@ -130,3 +131,15 @@ def test_the_unets_param_shapes_are_kept_for_the_next_process(store, monkeypatch
     assert unet.run_shapes(ONE_LEVEL_UNET, ops) == traced  # damaged: traced again, and rewritten
     assert "cannot be read" in caplog.text and json.loads(path.read_text())
     unet.run_shapes.cache_clear()
+
+
+def test_a_programs_output_fed_back_runs_the_program_compiled_for_its_input(store, caplog):
+    """A chain feeds each chunk's output (committed to the device) to the next chunk, after an x_T
+    that is not: both calls run one lowered and compiled program (they lowered two before)."""
+    call = partial(_stored(), scale=3.0, sampler=get_sampler("ddim"))
+    tables = {"a": jnp.arange(4.0)}
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax._src.interpreters.pxla"):
+        y = call(tables, np.ones((2, 3), np.float32), 0)["y"]  # from the host: not committed
+        assert y.committed
+        np.testing.assert_array_equal(call(tables, y, 1)["y"], np.full((2, 3), 10.0))
+    assert sum("Compiling jit(call)" in r.getMessage() for r in caplog.records) == 1
