@@ -57,12 +57,17 @@ def add_arguments(p):
     )
 
 
-def _load(models, choice):
-    """Load the default model and compile the chain a new page starts on (`page_chain`)."""
+def _load(models, choice, serving: threading.Event):
+    """Load the default model while Gradio imports and starts, then, once the page is served,
+    compile the chain a new page starts on (`page_chain`). Compiling a cifar10-size UNet keeps
+    both cores of a small machine busy: during Gradio's start-up check of its own page (one HEAD
+    request, 3 s timeout) it made that check fail and the server exit."""
     from .models import ModelUnavailable, page_chain
 
     try:
-        models.warm_chain(page_chain(models.get(choice)))
+        model = models.get(choice)
+        serving.wait()
+        models.warm_chain(page_chain(model))
     except ModelUnavailable as err:
         log.error("%s; the page starts anyway and says so", err)
 
@@ -90,20 +95,25 @@ def run(args) -> int:
 
     models = Models(chunk_size=args.chunk_size)
     default = [models.add(m) for m in args.model or [DEFAULT_MODEL]][0]
-    # Load and compile while gradio imports and starts; the first page load waits for it.
-    threading.Thread(target=_load, args=(models, default), name="warm-up", daemon=True).start()
+    # Load while gradio imports and starts, compile once it serves; the first page load waits for it.
+    serving = threading.Event()
+    threading.Thread(target=_load, args=(models, default, serving), name="warm-up", daemon=True).start()
 
     from .app import build_app, launch
 
     end_on_sigterm()
+    app = build_app(models, default, queue_size=args.queue_size)
     launch(
-        build_app(models, default, queue_size=args.queue_size),
+        app,
         host=args.host,
         port=args.port,
         max_upload_mb=args.max_upload_mb,
         client_upload_mb=args.max_client_upload_mb,
         total_upload_mb=args.max_total_upload_mb,
+        prevent_thread_lock=True,
     )
+    serving.set()
+    app.block_thread()
     return 0
 
 

@@ -339,7 +339,9 @@ def test_demo_command_serves_and_fills_the_compilation_cache(model_path, tmp_pat
         c = connect(f"http://127.0.0.1:{port}/", proc, timeout=300)
         check_view(c.predict(model_path, False, 0, 1, api_name="/reset"), T)
         check_view(c.predict(9, False, True, api_name="/denoise"), T - 9)
-        assert any(p.name.startswith("jit_denoise_chunk") for p in cache.iterdir())
+        # the chunk kept as a program (`stored_programs`) and its compiled executable
+        assert any(p.name.startswith("denoise_chunk-") for p in (tmp_path / "jax_cache-exported").iterdir())
+        assert any(p.name.startswith("jit_call-") for p in cache.iterdir())
     finally:
         proc.terminate()
         proc.wait(timeout=30)
