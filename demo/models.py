@@ -97,8 +97,14 @@ class Models:
 
     def first_run(self, model: Diffusion, kind: str, n: int) -> bool:
         """True the first time `kind` runs on `model` at batch size n (it compiles
-        then, which takes a while); records that it has run."""
+        then, which takes a while); records that it has run. While `warm_chain` compiles
+        the same program (the server's start-up), waits for it instead of compiling it again."""
         key = _program(model, kind, n)
+        with self._lock:
+            warming = self._warming.get(key)
+        if warming is not None:
+            with warming:
+                pass
         with self._lock:
             new = key not in self._ran
             self._ran.add(key)

@@ -370,6 +370,29 @@ def test_a_switch_compiles_only_the_chain_it_asks_for(model_path):
     assert chain._denoise_chunk._cache_size() == 1
 
 
+def test_a_first_denoise_waits_for_the_warm_up_of_its_chain(model_path, monkeypatch):
+    """A Denoise that comes while the server's start-up compiles the same chain waits for that
+    compilation (and then says nothing about compiling) instead of compiling it a second time."""
+    from ddpm_jax.demo import models as models_module
+
+    started, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(models_module, "warm_up", lambda chain, n: started.set() or release.wait(30))
+    models = Models({"tiny": (model_path, model_path)}, chunk_size=CHUNK)
+    chain = models.get("tiny")
+    warming = threading.Thread(target=models.warm_chain, args=(chain, 1))
+    warming.start()
+    assert started.wait(30)
+    first = []
+    denoise = threading.Thread(target=lambda: first.append(models.first_run(chain, "denoise", 1)))
+    denoise.start()
+    denoise.join(0.5)
+    assert denoise.is_alive()  # waiting for the warm-up
+    release.set()
+    warming.join(30)
+    denoise.join(30)
+    assert first == [False]
+
+
 def test_views_bind_fields_by_name():
     from ddpm_jax.demo.views import KEEP, View, bind
 
