@@ -103,7 +103,8 @@ def time_steps(preset: str, cands: dict, n: int, reps: int) -> dict:
 
     from ddpm_jax.config import UNET_PRESETS
     from ddpm_jax.ops import AUTO_MIN_CHANNELS, Ops, in_micro_batches
-    from ddpm_jax.unet import UNet, init_params, layout_params
+    from ddpm_jax.run_layout import layout_params
+    from ddpm_jax.unet import UNet, init_params
 
     cfg = UNET_PRESETS[preset]
     params = init_params(cfg, jax.random.key(0))

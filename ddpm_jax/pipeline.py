@@ -34,11 +34,12 @@ from .interpolation import check_lambdas, lerp, slerp
 from .likelihood import Bound, bound_chunk, grid_images, variational_bound
 from .memory import check_batch
 from .ops import CONVS, CPU_MICRO_PIXELS, PRECISIONS, choose_ops, in_micro_batches, micro_batch
+from .run_layout import layout_params, run_shapes
 from .samplers import Sampler
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
 from .sharding import replicate, shard_batch
 from .stored_programs import StoredJit
-from .unet import UNet, layout_params, run_shapes
+from .unet import UNet
 from .weights import check_params, flatten_params, save_weights
 
 

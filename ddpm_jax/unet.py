@@ -12,15 +12,12 @@ names and shapes never depend on it.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from . import stored_programs, winograd
 from .config import UNetConfig
 from .ops import Ops
 
@@ -216,41 +213,6 @@ def init_params(config: UNetConfig, key: jax.Array) -> dict:
     x = jnp.zeros((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     return jax.jit(UNet(config).init)(key, x, t)["params"]
-
-
-@functools.lru_cache(maxsize=16)
-def run_shapes(config: UNetConfig, ops: Ops) -> dict:
-    """The shapes (ShapeDtypeStructs) of UNet(config, ops)'s params: a Winograd
-    conv's kernel is (m+2, m+2, I, O). Traced once per (config, ops), and kept on disk
-    with the stored programs (`stored_programs.stored_json`) for the next process."""
-
-    def trace():
-        x = jax.ShapeDtypeStruct((1, config.resolution, config.resolution, config.in_channels), jnp.float32)
-        t = jax.ShapeDtypeStruct((1,), jnp.int32)
-        shapes = jax.eval_shape(UNet(config, ops).init, jax.random.key(0), x, t)["params"]
-        return jax.tree.map(lambda s: [list(s.shape), s.dtype.name], shapes)
-
-    stored = stored_programs.stored_json("run_shapes", f"{config!r}|{ops!r}", trace)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s[0]), s[1]), stored, is_leaf=_is_shape)
-
-
-def _is_shape(node) -> bool:
-    return isinstance(node, list)  # [shape, dtype]: the tree's nodes are dicts
-
-
-def layout_params(config: UNetConfig, ops: Ops, params: dict) -> dict:
-    """`params` as UNet(config, ops) runs them: the kernel of each 3x3 conv that
-    `ops` runs as Winograd F(m x m, 3x3) transformed once (`winograd.transform_kernel`),
-    every other leaf as it is."""
-    shapes = run_shapes(config, ops)
-
-    def lay(a, want):
-        if a.shape == want.shape:
-            return a
-        # device_put: jnp.asarray compiles a copying program per shape (jax 0.10), seconds cold
-        return jax.device_put(winograd.transform_kernel(np.asarray(a), want.shape[0] - 2))
-
-    return jax.tree.map(lay, params, shapes)
 
 
 def count_params(params) -> int:

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 from .atomic import atomic_path
 from .config import DiffusionConfig, UNetConfig, config_from_dict, config_to_dict
 from .ops import Ops
-from .unet import run_shapes
+from .run_layout import run_shapes
 
 FORMAT = "ddpm_jax.params/1"
 SEP = "/"
@@ -53,8 +53,9 @@ def unflatten_params(flat: dict) -> dict:
 def expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
     """Flattened param name -> shape for `config`, computed without allocating (cached).
 
-    The run shapes of the release's UNet as written (`Ops()`: XLA's convolution), traced once
-    and kept on disk (`unet.run_shapes`); a model that runs so needs no other trace to load."""
+    The run shapes of the release's UNet as written (`Ops()`: XLA's convolution), shipped for the
+    presets or traced once and kept on disk (`run_layout.run_shapes`); a model that runs so needs
+    no other trace to load."""
     return {k: tuple(v.shape) for k, v in flatten_params(run_shapes(config, Ops())).items()}
 
 

@@ -23,7 +23,8 @@ from ddpm_jax.ops import (
     in_micro_batches,
     micro_batch,
 )
-from ddpm_jax.unet import init_params, layout_params
+from ddpm_jax.run_layout import layout_params
+from ddpm_jax.unet import init_params
 from ddpm_jax.weights import flatten_params
 
 from .helpers import CIFAR_SHAPED_UNET, TINY_DIFFUSION, TINY_UNET, random_params

@@ -42,7 +42,7 @@ def test_code_and_docs_cite_only_what_the_repo_holds():
     assert "docs/reference.md" in docs
 
 
-def test_the_wheel_builds_quietly_and_carries_the_bundled_model(tmp_path):
+def test_the_wheel_builds_quietly_and_carries_the_bundled_model_and_run_shapes(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(ROOT)],
         capture_output=True,
@@ -55,6 +55,7 @@ def test_the_wheel_builds_quietly_and_carries_the_bundled_model(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {
         "ddpm_jax/models/digits.safetensors",
+        "ddpm_jax/models/run_shapes.json",
         "ddpm_jax/convert/resolve.py",
         "ddpm_jax/demo/app.py",
         "ddpm_jax/pipeline.py",

@@ -112,25 +112,25 @@ def test_off_without_the_compilation_cache(monkeypatch, tmp_path):
 
 
 def test_the_unets_param_shapes_are_kept_for_the_next_process(store, monkeypatch, caplog):
-    from ddpm_jax import unet
+    from ddpm_jax import run_layout
     from ddpm_jax.ops import Ops
 
     from .helpers import ONE_LEVEL_UNET
 
     ops = Ops(((4, 2),), min_channels=1)  # every 3x3 conv as Winograd: run shapes (4, 4, I, O)
-    unet.run_shapes.cache_clear()
-    traced = unet.run_shapes(ONE_LEVEL_UNET, ops)
+    run_layout.run_shapes.cache_clear()
+    traced = run_layout.run_shapes(ONE_LEVEL_UNET, ops)
     assert any(s.shape[:2] == (4, 4) for s in jax.tree.leaves(traced))
     (path,) = store.glob("run_shapes-*.json")
-    unet.run_shapes.cache_clear()  # a new process: the file is there, nothing is traced
+    run_layout.run_shapes.cache_clear()  # a new process: the file is there, nothing is traced
     with monkeypatch.context() as m:
         m.setattr(jax, "eval_shape", lambda *a, **k: pytest.fail("traced again"))
-        assert unet.run_shapes(ONE_LEVEL_UNET, ops) == traced
+        assert run_layout.run_shapes(ONE_LEVEL_UNET, ops) == traced
     path.write_text("{not json")
-    unet.run_shapes.cache_clear()
-    assert unet.run_shapes(ONE_LEVEL_UNET, ops) == traced  # damaged: traced again, and rewritten
+    run_layout.run_shapes.cache_clear()
+    assert run_layout.run_shapes(ONE_LEVEL_UNET, ops) == traced  # damaged: traced again, and rewritten
     assert "cannot be read" in caplog.text and json.loads(path.read_text())
-    unet.run_shapes.cache_clear()
+    run_layout.run_shapes.cache_clear()
 
 
 def test_a_programs_output_fed_back_runs_the_program_compiled_for_its_input(store, caplog):
