@@ -98,7 +98,8 @@ class Models:
     def first_run(self, model: Diffusion, kind: str, n: int) -> bool:
         """True the first time `kind` runs on `model` at batch size n (it compiles
         then, which takes a while); records that it has run. While `warm_chain` compiles
-        the same program (the server's start-up), waits for it instead of compiling it again."""
+        the same program (the server's start-up: a chain's denoise and diffuse), waits for it
+        instead of compiling it again."""
         key = _program(model, kind, n)
         with self._lock:
             warming = self._warming.get(key)
@@ -154,11 +155,12 @@ class Models:
         """Compile (or fetch from the persistent caches) what a Reset and a first Denoise and
         Diffuse of `chain` at batch size `n` run, once per server (with `warm`): a visitor who
         switches model waits for the chain they asked for only, not for every sampler's."""
-        key = _program(chain, "denoise", n)
+        key, diffuse = _program(chain, "denoise", n), _program(chain, "diffuse", n)
         with self._lock:
             if not self.warm or key in self._ran:
                 return
             lock = self._warming.setdefault(key, threading.Lock())
+            self._warming.setdefault(diffuse, lock)  # a first Diffuse meanwhile waits too
         with lock:  # concurrent first users wait for one compilation
             with self._lock:
                 if key in self._ran:
@@ -166,7 +168,7 @@ class Models:
             t0 = time.perf_counter()
             warm_up(chain, n)
             with self._lock:
-                self._ran |= {key, _program(chain, "diffuse", n)}
+                self._ran |= {key, diffuse}
             log.info(
                 "compiled the %s chain at batch size %d in %.1f s", chain.sampler.name, n, time.perf_counter() - t0
             )

@@ -370,9 +370,10 @@ def test_a_switch_compiles_only_the_chain_it_asks_for(model_path):
     assert chain._denoise_chunk._cache_size() == 1
 
 
-def test_a_first_denoise_waits_for_the_warm_up_of_its_chain(model_path, monkeypatch):
-    """A Denoise that comes while the server's start-up compiles the same chain waits for that
-    compilation (and then says nothing about compiling) instead of compiling it a second time."""
+@pytest.mark.parametrize("kind", ["denoise", "diffuse"])
+def test_a_first_click_waits_for_the_warm_up_of_its_chain(model_path, monkeypatch, kind):
+    """A Denoise or Diffuse that comes while the server's start-up compiles the same chain waits for
+    that compilation (and then says nothing about compiling) instead of compiling it a second time."""
     from ddpm_jax.demo import models as models_module
 
     started, release = threading.Event(), threading.Event()
@@ -383,13 +384,13 @@ def test_a_first_denoise_waits_for_the_warm_up_of_its_chain(model_path, monkeypa
     warming.start()
     assert started.wait(30)
     first = []
-    denoise = threading.Thread(target=lambda: first.append(models.first_run(chain, "denoise", 1)))
-    denoise.start()
-    denoise.join(0.5)
-    assert denoise.is_alive()  # waiting for the warm-up
+    click = threading.Thread(target=lambda: first.append(models.first_run(chain, kind, 1)))
+    click.start()
+    click.join(0.5)
+    assert click.is_alive()  # waiting for the warm-up
     release.set()
     warming.join(30)
-    denoise.join(30)
+    click.join(30)
     assert first == [False]
 
 
