@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import stored_programs, winograd
+from .atomic import atomic_path
 from .config import UNET_PRESETS, UNetConfig
 from .ops import Ops, choose_ops
 from .unet import UNet
@@ -83,10 +84,7 @@ def layout_params(config: UNetConfig, ops: Ops, params: dict) -> dict:
 
 def write_shipped(path: Path = SHIPPED) -> dict:
     """Trace every preset under each of `shipped_ops()` and write the table to `path`."""
-    table = {
-        fingerprint(config, ops): trace_shapes(config, ops)
-        for _, config in sorted(UNET_PRESETS.items())
-        for ops in dict.fromkeys(shipped_ops())
-    }
-    path.write_text(json.dumps(table, sort_keys=True, separators=(",", ":")) + "\n")
+    table = {fingerprint(c, ops): trace_shapes(c, ops) for c in UNET_PRESETS.values() for ops in shipped_ops()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(table, sort_keys=True, separators=(",", ":")) + "\n")
     return table
