@@ -33,11 +33,35 @@ def timestep_embedding(t: jax.Array, dim: int, dtype=jnp.float32) -> jax.Array:
     return emb.astype(dtype)
 
 
-def _norm(name: str) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False, name=name)
+class _Params:
+    """`param` without Flax's check of each param's shape against its initializer.
+
+    Flax traces every initializer (`jax.eval_shape`) at each apply to compare shapes: half the
+    UNet's trace, 0.3 s of a cifar10 model's first picture (docs/benchmarks.md, "Time to the
+    first sample"). `Diffusion` checks every param's shape when it is given them
+    (`weights.check_params`), so the UNet's modules take their params as plain variables.
+    """
+
+    def param(self, name, init_fn, *init_args, unbox=True, **init_kwargs):
+        def init():
+            return init_fn(self.make_rng("params"), *init_args, **init_kwargs)
+
+        return self.variable("params", name, init, unbox=unbox).value
 
 
-class Conv3x3(nn.Module):
+class Dense(_Params, nn.Dense):
+    """nn.Dense, its params taken as they are (`_Params`)."""
+
+
+class GroupNorm(_Params, nn.GroupNorm):
+    """nn.GroupNorm, its params taken as they are (`_Params`)."""
+
+
+def _norm(name: str) -> GroupNorm:
+    return GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False, name=name)
+
+
+class Conv3x3(_Params, nn.Module):
     """nn.Conv with a 3x3 kernel and its params: `kernel` (3, 3, I, O) HWIO, `bias` (O,).
 
     Where `ops` runs it as Winograd F(m x m, 3x3), the run params hold the
@@ -57,8 +81,8 @@ class Conv3x3(nn.Module):
         return self.ops.conv3x3(x, kernel, bias, m, self.stride, self.padding)
 
 
-def _dense(features: int, name: str, ops: Ops) -> nn.Dense:
-    return nn.Dense(features, name=name, dot_general=ops.dot_general, promote_dtype=ops.promote)
+def _dense(features: int, name: str, ops: Ops) -> Dense:
+    return Dense(features, name=name, dot_general=ops.dot_general, promote_dtype=ops.promote)
 
 
 class ResnetBlock(nn.Module):

@@ -71,3 +71,18 @@ def test_bad_configs_are_rejected():
         UNetConfig(ch=48)
     with pytest.raises(ValueError, match="divisible"):
         UNetConfig(resolution=20, ch_mult=(1, 2, 2, 2))
+
+
+def test_applying_traces_no_initializer(tiny_params, monkeypatch):
+    """The UNet takes its params as they are: Flax's check of each param against its initializer
+    (a `jax.eval_shape` per param, half the cifar10 UNet's trace) is left out, since `Diffusion`
+    checks every shape when it is given the params (tests/test_weights.py)."""
+    traced = []
+    eval_shape = jax.eval_shape
+    monkeypatch.setattr(jax, "eval_shape", lambda *a, **k: traced.append(a) or eval_shape(*a, **k))
+    x, t = normal(0, (1, 8, 8, 1)), jnp.array([3], jnp.int32)
+    jax.make_jaxpr(lambda p: UNet(TINY_UNET).apply({"params": p}, x, t))(tiny_params)
+    assert traced == []
+    with pytest.raises(Exception, match="kernel"):  # a missing param still names itself
+        missing = {**tiny_params, "conv_in": {"bias": tiny_params["conv_in"]["bias"]}}
+        jax.make_jaxpr(lambda p: UNet(TINY_UNET).apply({"params": p}, x, t))(missing)
