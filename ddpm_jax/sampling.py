@@ -39,9 +39,9 @@ def per_sample_normal(key, stream: int, sample_ids, t, shape):
 
 
 # x_T's program is compiled at XLA's LLVM optimization level 1 (default 3): the same bits
-# (tests/test_sampling.py), 0.3 s to compile instead of 0.76 in a fresh process on the round-3
-# EPYC at level 2, 0.24-0.26 s instead of 0.30 at level 1 on the round-3 Xeon, which a first
-# picture waits for (docs/benchmarks.md#time-to-the-first-sample).
+# (tests/test_sampling.py), and a first picture waits less for it (in a fresh process, level 2
+# took 0.3 s instead of 0.76 on the round-3 EPYC, level 1 0.24-0.26 s instead of level 2's 0.30
+# on the round-3 Xeon: docs/benchmarks.md#time-to-the-first-sample).
 @partial(jax.jit, static_argnames="shape", compiler_options={"xla_backend_optimization_level": 1})
 def initial_noise(key, sample_ids, shape):
     """x_T for each sample id: (n, *shape) float32, a function of (key, i) only."""
