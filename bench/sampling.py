@@ -304,35 +304,9 @@ class EngineRunner(TorchRunner):
         import numpy as np
         import torch
 
-        dcfg, ucfg, unet = diffusers_module(weights)
-
-        class SampleOnly(torch.nn.Module):
-            """The UNet returning its output tensor (ONNX exports tensors, not diffusers' dataclass)."""
-
-            def __init__(self):
-                super().__init__()
-                self.unet = unet
-
-            def forward(self, x, t):
-                return self.unet(x, t).sample
-
-        gen = torch.Generator().manual_seed(0)
-        x, t = torch.randn(2, ucfg.in_channels, ucfg.resolution, ucfg.resolution, generator=gen), torch.tensor([3, 500])
-        path = Path(tempfile.mkdtemp()) / "unet.onnx"
-        torch.onnx.export(
-            SampleOnly().eval(),  # (a new Module trains; export would restore that mode, dropout on)
-            (x, t),
-            path,
-            input_names=["x", "t"],
-            output_names=["eps"],
-            dynamic_axes={"x": {0: "n"}, "t": {0: "n"}, "eps": {0: "n"}},
-            dynamo=False,  # the TorchScript exporter: one graph, no onnxscript rewrites
-        )
+        dcfg, ucfg, unet, path = onnx_unet(weights)
         run = (_onnxruntime if self.variant.framework == "onnxruntime" else _openvino)(path)
-        with torch.inference_mode():
-            diff = float(np.abs(run(x.numpy(), t.numpy()) - unet(x, t).sample.numpy()).max())
-        if not diff < 1e-4:
-            raise RuntimeError(f"{self.variant.framework}'s eps is {diff:.2e} from PyTorch's; not timed")
+        check_engine(self.variant.framework, run, unet, ucfg)
 
         def eps(x, t):
             t = t.expand(x.shape[0]) if t.ndim == 0 else t  # the scheduler passes one t for the batch
@@ -344,13 +318,66 @@ class EngineRunner(TorchRunner):
 RUNNERS = {"jax": JaxRunner, "torch": TorchRunner}
 
 
-def _onnxruntime(path):
-    """run(x, t) -> eps of an ONNX Runtime session on the CPU, one intra-op thread per CPU we have."""
+def onnx_unet(weights):
+    """(dcfg, ucfg, unet, path): diffusers' UNet2DModel of `weights` and its ONNX export
+    (`torch.onnx.export`, the TorchScript exporter; inputs x NCHW float32 and t int64, batch free)."""
+    import torch
+
+    dcfg, ucfg, unet = diffusers_module(weights)
+
+    class SampleOnly(torch.nn.Module):
+        """The UNet returning its output tensor (ONNX exports tensors, not diffusers' dataclass)."""
+
+        def __init__(self):
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, x, t):
+            return self.unet(x, t).sample
+
+    x = torch.zeros(2, ucfg.in_channels, ucfg.resolution, ucfg.resolution)
+    path = Path(tempfile.mkdtemp()) / "unet.onnx"
+    torch.onnx.export(
+        SampleOnly().eval(),  # (a new Module trains; export would restore that mode, dropout on)
+        (x, torch.tensor([3, 500])),
+        path,
+        input_names=["x", "t"],
+        output_names=["eps"],
+        dynamic_axes={"x": {0: "n"}, "t": {0: "n"}, "eps": {0: "n"}},
+        dynamo=False,  # the TorchScript exporter: one graph, no onnxscript rewrites
+    )
+    return dcfg, ucfg, unet, path
+
+
+def check_engine(name, run, unet, ucfg):
+    """Raise unless the engine's `run(x, t)` gives PyTorch's eps (within 1e-4) on random inputs."""
+    import numpy as np
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, ucfg.in_channels, ucfg.resolution, ucfg.resolution, generator=gen), torch.tensor([3, 500])
+    with torch.inference_mode():
+        diff = float(np.abs(run(x.numpy(), t.numpy()) - unet(x, t).sample.numpy()).max())
+    if not diff < 1e-4:
+        raise RuntimeError(f"{name}'s eps is {diff:.2e} from PyTorch's; not timed")
+
+
+def onnxruntime_session(path, profile_prefix: str | None = None):
+    """An ONNX Runtime session of `path` on the CPU, one intra-op thread per CPU we have; with
+    `profile_prefix`, profiling every node (`session.end_profiling()` writes the JSON)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime(path):
+    """run(x, t) -> eps of an ONNX Runtime session on the CPU."""
+    session = onnxruntime_session(path)
     return lambda x, t: session.run(None, {"x": x, "t": t})[0]
 
 

@@ -159,6 +159,19 @@ def test_sampling_bench_times_every_cpu_engine_checked_against_pytorch(tmp_path)
     assert re.search(r"jax_fast: vs torch [\d.]+x, vs onnxruntime [\d.]+x, vs openvino [\d.]+x", text), text
 
 
+def test_step_profile_puts_each_op_of_both_profiles_in_a_part_of_the_unet(tmp_path):
+    out = tmp_path / "profile.json"
+    text = bench("step_profile.py", "--preset", "tiny", "--reps", "2", "--json", out)
+    res = json.loads(out.read_text())
+    for engine in ("ddpm_jax", "onnxruntime"):
+        parts, total = res[engine]["parts"], sum(ms for ms, _ in res[engine]["parts"].values())
+        assert res[engine]["unprofiled_ms"] > 0, engine
+        for name in ("3x3 convolutions", "GroupNorm and swish", "attention", "1x1 shortcuts"):
+            assert parts[name][0] > 0 and parts[name][1] >= 1, (engine, name, parts)
+        assert parts.get("other", [0])[0] < 0.5 * total, (engine, parts)  # the modules were recognised
+    assert "3x3 convolutions" in text and "step, unprofiled" in text, text
+
+
 @pytest.mark.slow
 def test_precision_bench_prints_and_saves_each_options_deviation(tmp_path):
     out = tmp_path / "precision.json"
