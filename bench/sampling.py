@@ -87,7 +87,8 @@ TINY_T = 20
 PARITY_T, PARITY_SCALES, PARITY_BATCHES = (0, 17, 500, 999), (1.0, 0.01), (1, 8)
 
 
-def _timed(fn, reps):
+def seconds_of(fn, reps):
+    """Wall seconds of each of `reps` calls of `fn`."""
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -206,7 +207,7 @@ class JaxRunner:
         # One image's, times n: XLA counts a micro-batch loop's body once, and the work is per image.
         ran = jax.jit(lambda p, x, t: m.eps(x, t, params=p)).lower(m.run_params, x[:1], t[:1]).cost_analysis() or {}
         run_flops = ran["flops"] * n if ran.get("flops") else None
-        null_s = _timed(lambda: jax.block_until_ready(null(*null_args)), reps)
+        null_s = seconds_of(lambda: jax.block_until_ready(null(*null_args)), reps)
         return chunk, dict(flops=cost.get("flops"), run_flops=run_flops, sampler_s=[s / steps for s in null_s])
 
     def chain(self, weights, n):
@@ -479,11 +480,11 @@ def worker_variant(args, plan):
             out["skipped"].append(dict(kind="step", preset=preset, batch=n))
             continue
         chunk, extras = runner.step(plan["weights"][preset], n, args.steps, args.reps)
-        first, best, attempts = _timed(chunk, 1)[0], None, 0
+        first, best, attempts = seconds_of(chunk, 1)[0], None, 0
         while attempts <= args.retries:
             attempts += 1
             load = os.getloadavg()[0]
-            times = [t / args.steps for t in _timed(chunk, args.reps)]
+            times = [t / args.steps for t in seconds_of(chunk, args.reps)]
             if best is None or statistics.median(times) < statistics.median(best):
                 best = times
             if _spread(times) <= args.max_spread and load <= 1.5 * (os.cpu_count() or 1):
@@ -507,7 +508,7 @@ def worker_variant(args, plan):
             out["skipped"].append(dict(kind="chain", preset=preset, batch=n))
             continue
         run, steps = runner.chain(plan["weights"][preset], n)
-        first, warm = _timed(run, 2)
+        first, warm = seconds_of(run, 2)
         out["chains"].append(dict(preset=preset, batch=n, steps=steps, first_s=first, warm_s=warm))
     if plan["parity"] and not variant.compiled:  # compiled: the same math as eager
         import numpy as np
@@ -542,14 +543,14 @@ def worker_peak(args, plan):
     a = jax.random.normal(k, (2048, 2048))
     mm = jax.jit(lambda a: a @ a)
     jax.block_until_ready(mm(a))
-    t_mm = statistics.median(_timed(lambda: jax.block_until_ready(mm(a)), 5))
+    t_mm = statistics.median(seconds_of(lambda: jax.block_until_ready(mm(a)), 5))
     x = jax.random.normal(k, (8, 32, 32, 256))
     w = jax.random.normal(k, (3, 3, 256, 256))
     conv = jax.jit(
         lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     )
     jax.block_until_ready(conv(x, w))
-    t_conv = statistics.median(_timed(lambda: jax.block_until_ready(conv(x, w)), 5))
+    t_conv = statistics.median(seconds_of(lambda: jax.block_until_ready(conv(x, w)), 5))
     return dict(matmul_gflops=2 * 2048**3 / t_mm / 1e9, conv_gflops=2 * 8 * 32 * 32 * 256 * 256 * 9 / t_conv / 1e9)
 
 

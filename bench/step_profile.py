@@ -24,10 +24,9 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from sampling import check_engine, cpu_model, make_weights, onnx_unet, onnxruntime_session
+from sampling import check_engine, cpu_model, make_weights, onnx_unet, onnxruntime_session, seconds_of
 
 PARTS = ("3x3 convolutions", "GroupNorm and swish", "attention", "time embedding", "1x1 shortcuts", "other")
 
@@ -119,12 +118,7 @@ def onnx_runtime(weights, n, reps, folder):
 
 
 def _median_ms(fn, reps):
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(seconds_of(fn, reps))
 
 
 def main(argv=None):
