@@ -67,14 +67,15 @@ def ours(weights, n, reps, folder):
     m = Diffusion.from_pretrained(weights)
     x = jax.random.normal(jax.random.key(1), (n, *m.image_shape))
     t = jnp.full((n,), m.num_timesteps // 2, jnp.int32)
-    step = jax.jit(lambda p, x, t: m.eps(x, t, params=p))
-    # Each HLO op's module path, from the compiled program's metadata.
-    text = step.lower(m.run_params, x, t).compile().as_text()
+    # One compiled program, timed and profiled; each HLO op's module path from its metadata.
+    step = jax.jit(lambda p, x, t: m.eps(x, t, params=p)).lower(m.run_params, x, t).compile()
     paths = {
         op: name.split("/")
-        for op, name in re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]*)"', text, re.M)
+        for op, name in re.findall(
+            r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]*)"', step.as_text(), re.M
+        )
     }
-    step(m.run_params, x, t).block_until_ready()  # (jit compiles its own, beside the text's)
+    step(m.run_params, x, t).block_until_ready()
     unprofiled = _median_ms(lambda: step(m.run_params, x, t).block_until_ready(), reps)
     with jax.profiler.trace(folder):
         for _ in range(reps):

@@ -51,3 +51,10 @@ def test_params_that_do_not_fit_the_config_are_named(tiny_params, tmp_path):
     params.pop("conv_out")
     with pytest.raises(ValueError, match="2 missing: conv_out/bias, conv_out/kernel"):
         Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=params)
+    # The UNet itself no longer checks shapes (unet._Params): Diffusion is where a wrong one stops.
+    params = {**tiny_params, "conv_in": {**tiny_params["conv_in"], "kernel": tiny_params["conv_in"]["kernel"][..., :3]}}
+    with pytest.raises(ValueError, match=r"1 mis-shaped: conv_in/kernel: \(3, 3, 1, 3\) != \(3, 3, 1, 32\)"):
+        Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=params)
+    model = Diffusion(diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params)
+    with pytest.raises(ValueError, match="conv_in/kernel"):
+        model.with_params(params)
