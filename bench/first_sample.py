@@ -46,7 +46,7 @@ model = ddpm_jax.Diffusion.from_pretrained(sys.argv[1]).respaced(json.loads(sys.
 n = int(sys.argv[6])
 conv = conv_for_job(sys.argv[5], n * model.num_timesteps)  # as `ddpm-jax sample --n N` picks it
 model = model.respaced(model.num_timesteps, model.sampler, conv=conv)
-model.run_params  # the run layout (Winograd kernels), made on first use
+model.run_params_for(n)  # the run layout of a call on n images (Winograd kernels), made on first use
 t = phase("load", t)
 x = model.denoise(n, key=0).block_until_ready()
 t = phase("first chain", t)

@@ -190,7 +190,7 @@ class JaxRunner:
             partial(denoise_chunk, lambda p, x, t: x * 0.0, chunk=steps, sampler=m.sampler), static_argnames="clip"
         )
         null_args = (
-            m.run_params,
+            m.run_params_for(n),
             m.coeffs,
             x,
             jnp.zeros_like(x),
@@ -205,7 +205,8 @@ class JaxRunner:
         cost = jax.jit(UNet(m.unet_config).apply).lower({"params": m.params}, x, t).cost_analysis() or {}
         # The FLOPs of the program that runs (Winograd where it does): over the peak, the step's floor.
         # One image's, times n: XLA counts a micro-batch loop's body once, and the work is per image.
-        ran = jax.jit(lambda p, x, t: m.eps(x, t, params=p)).lower(m.run_params, x[:1], t[:1]).cost_analysis() or {}
+        run = m.run_params_for(n)  # the layout a call on n images takes
+        ran = jax.jit(lambda p, x, t: m.eps(x, t, params=p)).lower(run, x[:1], t[:1]).cost_analysis() or {}
         run_flops = ran["flops"] * n if ran.get("flops") else None
         null_s = seconds_of(lambda: jax.block_until_ready(null(*null_args)), reps)
         return chunk, dict(flops=cost.get("flops"), run_flops=run_flops, sampler_s=[s / steps for s in null_s])
@@ -224,7 +225,7 @@ class JaxRunner:
         m = _diffusion(weights, self.variant, 10)
         eps = jax.jit(lambda p, x, t: m.eps(x, t, params=p))
         for n, _scale, t, x in _parity_inputs(m.unet_config):
-            yield np.asarray(eps(m.run_params, x, np.full((n,), t, np.int32)))
+            yield np.asarray(eps(m.run_params_for(n), x, np.full((n,), t, np.int32)))
 
 
 class TorchRunner:

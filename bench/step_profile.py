@@ -68,18 +68,19 @@ def ours(weights, n, reps, folder):
     x = jax.random.normal(jax.random.key(1), (n, *m.image_shape))
     t = jnp.full((n,), m.num_timesteps // 2, jnp.int32)
     # One compiled program, timed and profiled; each HLO op's module path from its metadata.
-    step = jax.jit(lambda p, x, t: m.eps(x, t, params=p)).lower(m.run_params, x, t).compile()
+    run = m.run_params_for(n)  # the layout a call on n images takes
+    step = jax.jit(lambda p, x, t: m.eps(x, t, params=p)).lower(run, x, t).compile()
     paths = {
         op: name.split("/")
         for op, name in re.findall(
             r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]*)"', step.as_text(), re.M
         )
     }
-    step(m.run_params, x, t).block_until_ready()
-    unprofiled = _median_ms(lambda: step(m.run_params, x, t).block_until_ready(), reps)
+    step(run, x, t).block_until_ready()
+    unprofiled = _median_ms(lambda: step(run, x, t).block_until_ready(), reps)
     with jax.profiler.trace(folder):
         for _ in range(reps):
-            step(m.run_params, x, t).block_until_ready()
+            step(run, x, t).block_until_ready()
     (trace,) = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)
     parts = collections.defaultdict(lambda: [0.0, 0])
     for event in json.load(gzip.open(trace))["traceEvents"]:

@@ -8,8 +8,10 @@ F(m x m, 3x3) are stored transformed, (m+2, m+2, I, O); with a `dot_dtype`,
 every conv and Dense kernel is stored in it.
 
 `Ops()` is XLA's convolution in the params' dtype: the release's UNet as
-written. `CPU_WINOGRAD` is the table of the fast CPU path (see
-`bench/conv_policy.py` for the measurement behind it).
+written. `CPU_WINOGRAD` is the table of the fast CPU path, `CPU_WINOGRAD_SMALL` that of
+its calls on one or two small images (see `bench/conv_policy.py` for the measurements
+behind them). Each conv runs as its run params are laid out: a (3, 3, I, O) kernel as XLA's
+convolution, an (m+2, m+2, I, O) one as F(m x m, 3x3).
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 # shape at batch 1 and 8, and the cifar10 step took 4-8% less at batch 1 than
 # with F(4x4) from 8x8 up, the same at 8 and 32 (bench/conv_policy.py --against).
 CPU_WINOGRAD = ((4, 2), (16, 4))
+# A UNet call on at most SMALL_CALL_PIXELS (images x H x W: one or two 32x32 images) runs
+# CPU_WINOGRAD_SMALL's layout instead, its own run params made on first use
+# (`Diffusion.run_params_for`): F(2x2) on 8x8 and 16x16 maps, F(4x4) on 32x32, XLA's on 4x4.
+# With so few tiles each product of the batched dot is a few rows against a transformed kernel
+# that F(4x4) makes 4x and F(2x2) 1.8x the 3x3 kernel, read from memory on one core: the whole
+# cifar10 step at batch 1 took 57 ms against 64 with CPU_WINOGRAD, at batch 2 87 against 97, at 4
+# the same and at 8 288 against 273 (2-core Xeon with AMX, bench/conv_policy.py --against).
+CPU_WINOGRAD_SMALL = ((8, 2), (32, 4))
+SMALL_CALL_PIXELS = 2 * 32 * 32
 # With bfloat16 operands, F(2x2, 3x3) only: F(4x4)'s transforms (coefficients
 # up to 8) carry bfloat16's rounding into the output about 4x larger.
 BF16_WINOGRAD = ((4, 2),)
@@ -188,12 +199,16 @@ PRECISIONS = {
 }
 
 
-def choose_ops(precision: str, conv: str, backend: str) -> Ops:
+def choose_ops(precision: str, conv: str, backend: str, call_pixels: int | None = None) -> Ops:
     """The `Ops` for a precision (a `PRECISIONS` key) and a conv choice
     ("auto": Winograd on the CPU backend where activations are float32;
-    "xla"; "winograd") on `backend` (jax.default_backend())."""
+    "xla"; "winograd") on `backend` (jax.default_backend()), for UNet calls
+    of `call_pixels` (images x H x W; None: any number): float32 calls of at
+    most SMALL_CALL_PIXELS take `CPU_WINOGRAD_SMALL`'s tiles."""
     p = PRECISIONS[precision]
     table = CPU_WINOGRAD if precision == "float32" else BF16_WINOGRAD
+    if precision == "float32" and call_pixels is not None and call_pixels <= SMALL_CALL_PIXELS:
+        table = CPU_WINOGRAD_SMALL
     if conv == "winograd":
         return Ops(table, dot_dtype=p.dot_dtype)
     if conv == "auto" and backend == "cpu" and p.activations == "float32":

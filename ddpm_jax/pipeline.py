@@ -33,7 +33,7 @@ from .inpainting import (
 from .interpolation import check_lambdas, lerp, slerp
 from .likelihood import Bound, bound_chunk, grid_images, variational_bound
 from .memory import check_batch
-from .ops import CONVS, CPU_MICRO_PIXELS, PRECISIONS, choose_ops, in_micro_batches, micro_batch
+from .ops import CONVS, CPU_MICRO_PIXELS, PRECISIONS, SMALL_CALL_PIXELS, choose_ops, in_micro_batches, micro_batch
 from .run_layout import layout_params, run_shapes
 from .samplers import Sampler
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
@@ -166,7 +166,9 @@ class Diffusion:
     float32 (see `ops.Ops`). `conv` "auto" runs the 3x3 convolutions as
     Winograd on the CPU backend (float32 and mixed_bf16) and as XLA's
     convolution elsewhere; "xla" and "winograd" force one. Either way the
-    params are the same; only `run_params` are laid out differently. For the
+    params are the same; only the run params are laid out differently, and
+    on the CPU a call on one or two small images gets its own layout
+    (`run_params_for`, `ops.CPU_WINOGRAD_SMALL`). For the
     fast CPU path's XLA flags see `ddpm_jax.cpu_flags`. `micro_batch` is how
     many images one UNet call takes, a larger batch running in equal
     micro-batches one after another: None (default) picks
@@ -210,11 +212,14 @@ class Diffusion:
         self.precision, self.conv = precision, conv
         backend = jax.default_backend()
         self.model = UNet(unet_config, choose_ops(precision, conv, backend))
+        # The ops of calls on at most ops.SMALL_CALL_PIXELS: their own layout where it differs.
+        small = choose_ops(precision, conv, backend, call_pixels=1)
+        self._small_ops = small if small != self.model.ops and mesh is None else None
         self.params = jax.device_put(params)
         self.dtype = jnp.dtype(PRECISIONS[precision].activations)
         self.mesh = mesh
         self._tables: dict[tuple[str, int], tuple[Coefficients, Coefficients]] = {}
-        self._run: dict[str, dict] = {}  # run params, made on first use
+        self._run: dict[str, dict] = {}  # run params of each batch class, made on first use
         # A batch sharded over a mesh runs whole: micro-batches would gather it on each device.
         self._micro = 0 if mesh is not None else self.micro_batch
         model_fn = partial(_apply_unet, self.model, self.dtype, self._micro)
@@ -275,20 +280,35 @@ class Diffusion:
 
     @property
     def run_params(self) -> dict:
-        """The params as the UNet runs them (made on first use, see `_prepare`;
-        shared with the models `respaced` makes)."""
-        if "params" not in self._run:
-            self._run["params"] = self._prepare(self.params)
-        return self._run["params"]
+        """The params as the UNet runs them on batches (made on first use, see `_prepare`;
+        shared with the models `respaced` makes). A call on one or two small images
+        may take another layout: `run_params_for`."""
+        return self._run_params("params", self.model.ops)
 
-    def _prepare(self, params):
-        """Params as the UNet runs them: Winograd kernels transformed and
+    def run_params_for(self, n: int) -> dict:
+        """The run params a call on n images takes: on the CPU, where at most
+        `ops.SMALL_CALL_PIXELS` go through one UNet call (micro-batches counted),
+        `ops.CPU_WINOGRAD_SMALL`'s layout (made on first use), else `run_params`."""
+        per_call = n if not self._micro else min(n, self._micro)
+        height, width, _ = self.image_shape
+        if self._small_ops is None or per_call * height * width > SMALL_CALL_PIXELS:
+            return self.run_params
+        return self._run_params("small", self._small_ops)
+
+    def _run_params(self, name: str, ops) -> dict:
+        if name not in self._run:  # made eagerly even inside a trace (`eps`): never a tracer kept
+            with jax.ensure_compile_time_eval():
+                self._run[name] = self._prepare(self.params, ops)
+        return self._run[name]
+
+    def _prepare(self, params, ops):
+        """Params as UNet(config, ops) runs them: Winograd kernels transformed and
         every leaf cast once for `precision`, replicated over the mesh if
         there is one. Warns where a conv runs as Winograd without the CPU flags."""
-        shapes = jax.tree.leaves(run_shapes(self.unet_config, self.model.ops))
+        shapes = jax.tree.leaves(run_shapes(self.unet_config, ops))
         if jax.default_backend() == "cpu" and any(len(s.shape) == 4 and s.shape[0] != 3 for s in shapes):
-            cpu_flags.warn_if_missing(stacklevel=4)  # some conv runs as Winograd
-        run = PRECISIONS[self.precision].cast(layout_params(self.unet_config, self.model.ops, params))
+            cpu_flags.warn_if_missing(stacklevel=5)  # some conv runs as Winograd
+        run = PRECISIONS[self.precision].cast(layout_params(self.unet_config, ops, params))
         return run if self.mesh is None else replicate(run, self.mesh)
 
     def with_params(self, params) -> Diffusion:
@@ -298,7 +318,7 @@ class Diffusion:
         check_params(flatten_params(params), self.unet_config)
         new = copy.copy(self)
         new.params = jax.device_put(params)
-        new._run = {"params": new._prepare(new.params)}
+        new._run = {"params": new._prepare(new.params, new.model.ops)}
         return new
 
     def eps(self, x, t, params=None) -> jax.Array:
@@ -307,7 +327,8 @@ class Diffusion:
         are not baked in as constants) and precision: x (n, H, W, C) float32,
         t int32 (n,) model timesteps; float32 out. Traceable (jit it).
         A v or x_0 model's output is turned into eps (`diffusion.model_prediction`)."""
-        output = _apply_unet(self.model, self.dtype, self._micro, self.run_params if params is None else params, x, t)
+        params = self.run_params_for(x.shape[0]) if params is None else params
+        output = _apply_unet(self.model, self.dtype, self._micro, params, x, t)
         return model_prediction(output, x, t, self._process, clip=False)[0]
 
     @property
@@ -447,10 +468,11 @@ class Diffusion:
     def _denoise_iter(self, chain: Chain, x, step, remaining, key, ids, clip, pred_x0=None):
         has_prev = pred_x0 is not None
         pred_x0 = jnp.zeros_like(x) if pred_x0 is None else pred_x0
+        params = self.run_params_for(x.shape[0])
         while remaining > 0:
             k = min(self.chunk_size, remaining)
             x, pred_x0 = self._denoise_chunk(
-                self.run_params, chain.padded, x, pred_x0, step, k, key, ids, has_prev, clip=clip, sampler=chain.sampler
+                params, chain.padded, x, pred_x0, step, k, key, ids, has_prev, clip=clip, sampler=chain.sampler
             )
             step, remaining, has_prev = step - k, remaining - k, True
             yield Step(x, step, pred_x0)
@@ -575,12 +597,13 @@ class Diffusion:
 
     def _inpaint_iter(self, x, known, mask, schedule, pos, coeffs, key, ids, clip):
         pred_x0, c = jnp.zeros_like(x), self.chunk_size
+        params = self.run_params_for(x.shape[0])
         while pos < len(schedule):
             rows = schedule[pos : pos + c]
             padded = np.zeros((c, 2), np.int32)
             padded[: len(rows)] = rows
             x, pred_x0 = self._repaint_chunk(
-                self.run_params, coeffs, x, pred_x0, known, mask, padded, pos, len(rows), key, ids, clip=clip
+                params, coeffs, x, pred_x0, known, mask, padded, pos, len(rows), key, ids, clip=clip
             )
             pos += len(rows)
             t, direction = rows[-1]
@@ -672,7 +695,7 @@ class Diffusion:
         _, ids = self._ids(x0.shape[0], first_index)
         return variational_bound(
             self._bound_chunk,
-            self.run_params,
+            self.run_params_for(x0.shape[0]),
             self._process,
             self._place(jax.device_put(x0)),
             as_key(key),

@@ -5,7 +5,8 @@ on a 2-core Xeon), once per machine: it is kept on disk beside the stored progra
 (`stored_programs.stored_json`), and shipped in the package (`models/run_shapes.json`) for each
 preset under the `Ops` a CPU picks by default, so that even a first process loads a model of a
 released architecture without tracing it. After a change to the UNet's params or to
-`ops.CPU_WINOGRAD`, regenerate that file (tests/test_run_layout.py fails until then):
+`ops.CPU_WINOGRAD` or `CPU_WINOGRAD_SMALL`, regenerate that file (tests/test_run_layout.py fails
+until then):
 
     python -c "from ddpm_jax.run_layout import write_shipped; write_shipped()"
 """
@@ -32,8 +33,11 @@ SHIPPED = Path(__file__).parent / "models" / "run_shapes.json"
 
 def shipped_ops() -> tuple[Ops, ...]:
     """The `Ops` of a float32 model on the CPU: XLA's convolution (a short job, and the shapes
-    loading checks against), Winograd where "auto" picks it, and Winograd everywhere."""
-    return (Ops(), choose_ops("float32", "auto", "cpu"), choose_ops("float32", "winograd", "cpu"))
+    loading checks against), Winograd where "auto" picks it, and Winograd everywhere, each of the
+    last two for batches and for calls on one or two small images (`ops.SMALL_CALL_PIXELS`)."""
+    return (Ops(),) + tuple(
+        choose_ops("float32", conv, "cpu", pixels) for conv in ("auto", "winograd") for pixels in (None, 1)
+    )
 
 
 def fingerprint(config: UNetConfig, ops: Ops) -> str:

@@ -65,7 +65,8 @@ class Conv3x3(_Params, nn.Module):
     """nn.Conv with a 3x3 kernel and its params: `kernel` (3, 3, I, O) HWIO, `bias` (O,).
 
     Where `ops` runs it as Winograd F(m x m, 3x3), the run params hold the
-    kernel transformed at load, (m+2, m+2, I, O).
+    kernel transformed at load, (m+2, m+2, I, O); a conv runs as its kernel is
+    laid out, so one UNet takes the layouts of every batch class (`Diffusion.run_params_for`).
     """
 
     features: int
@@ -77,6 +78,7 @@ class Conv3x3(_Params, nn.Module):
     def __call__(self, x):
         m = self.ops.winograd_tile(x.shape, self.features, self.stride)
         kernel = self.param("kernel", self.ops.kernel_init(m), (3, 3, x.shape[-1], self.features))
+        m = kernel.shape[0] - 2 if kernel.shape[0] != 3 else 0
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         return self.ops.conv3x3(x, kernel, bias, m, self.stride, self.padding)
 

@@ -18,6 +18,8 @@ from ddpm_jax.ops import (
     BF16_WINOGRAD,
     CPU_MICRO_PIXELS,
     CPU_WINOGRAD,
+    CPU_WINOGRAD_SMALL,
+    SMALL_CALL_PIXELS,
     Ops,
     choose_ops,
     in_micro_batches,
@@ -84,7 +86,8 @@ def test_policy_picks_the_tile_by_map_size_channels_and_stride():
     assert ops.winograd_tile((1, 32, 32, 128), 3, 1) == 0  # conv_out
     assert Ops().winograd_tile((1, 32, 32, 128), 128, 1) == 0
     # "auto": Winograd on the CPU only, float32 and mixed_bf16, from AUTO_MIN_CHANNELS up.
-    assert choose_ops("float32", "auto", "cpu") == Ops(CPU_WINOGRAD, min_channels=AUTO_MIN_CHANNELS)
+    fast = choose_ops("float32", "auto", "cpu")
+    assert fast == Ops(CPU_WINOGRAD, min_channels=AUTO_MIN_CHANNELS)
     assert choose_ops("float32", "auto", "gpu") == Ops()
     assert choose_ops("float32", "xla", "cpu") == Ops()
     assert choose_ops("float32", "winograd", "gpu") == Ops(CPU_WINOGRAD)
@@ -93,6 +96,14 @@ def test_policy_picks_the_tile_by_map_size_channels_and_stride():
         BF16_WINOGRAD, min_channels=AUTO_MIN_CHANNELS, dot_dtype="bfloat16"
     )
     assert choose_ops("mixed_bf16", "xla", "tpu") == Ops(dot_dtype="bfloat16")
+    # Calls on one or two 32x32 images (float32): F(2x2) on 16x16 maps, XLA's on 4x4.
+    assert SMALL_CALL_PIXELS == 2 * 32 * 32
+    small = choose_ops("float32", "auto", "cpu", call_pixels=SMALL_CALL_PIXELS)
+    assert small == Ops(CPU_WINOGRAD_SMALL, min_channels=AUTO_MIN_CHANNELS)
+    assert choose_ops("float32", "auto", "cpu", call_pixels=SMALL_CALL_PIXELS + 1) == fast
+    assert [small.winograd_tile((1, s, s, 256), 256, 1) for s in (32, 16, 8, 4)] == [4, 2, 2, 0]
+    assert choose_ops("float32", "xla", "cpu", call_pixels=1) == Ops()
+    assert choose_ops("mixed_bf16", "auto", "cpu", call_pixels=1) == choose_ops("mixed_bf16", "auto", "cpu")
 
 
 def test_run_params_are_an_inference_layout_of_untouched_params(tiny_params):
@@ -130,7 +141,8 @@ def _eps_fn(model):
 
 
 def _max_eps_gap(fast, plain, batches=(1, 8)):
-    """Max |eps_fast - eps_plain| over t in PARITY_T, x of scale 1 and 0.01, the given batches."""
+    """Max |eps_fast - eps_plain| over t in PARITY_T, x of scale 1 and 0.01, the given batches,
+    each on the run params a call of that batch takes."""
     f_fast, f_plain = _eps_fn(fast), _eps_fn(plain)
     rng = np.random.default_rng(0)
     gap = 0.0
@@ -139,7 +151,8 @@ def _max_eps_gap(fast, plain, batches=(1, 8)):
             x = (scale * rng.standard_normal((n, *plain.image_shape))).astype(np.float32)
             for t in PARITY_T:
                 tt = np.full((n,), t, np.int32)
-                a, b = np.asarray(f_fast(fast.run_params, x, tt)), np.asarray(f_plain(plain.run_params, x, tt))
+                a = np.asarray(f_fast(fast.run_params_for(n), x, tt))
+                b = np.asarray(f_plain(plain.run_params_for(n), x, tt))
                 assert np.all(np.isfinite(a)) and np.abs(b).max() > 0.1
                 gap = max(gap, float(np.abs(a - b).max()))
     return gap
@@ -151,7 +164,10 @@ def test_fast_path_matches_the_plain_unet_on_the_bundled_trained_model():
     assert fast.model.ops.winograd and not plain.model.ops.winograd
     # 16x16 maps run F(4x4) (6x6 kernels), 8x8 and 4x4 maps F(2x2) (4x4): both tiles in one model.
     assert {a.shape[0] for a in flatten_params(fast.run_params).values() if a.ndim == 4} == {3, 4, 6}
-    assert 0 < _max_eps_gap(fast, plain) < 1e-4
+    # Up to 8 digits per call (2048 pixels): F(2x2) on 16x16 and 8x8 maps, XLA's on 4x4.
+    assert fast.run_params_for(8) is fast.run_params_for(1) is not fast.run_params_for(9)
+    assert {a.shape[0] for a in flatten_params(fast.run_params_for(1)).values() if a.ndim == 4} == {3, 4}
+    assert 0 < _max_eps_gap(fast, plain, batches=(1, 9)) < 1e-4
 
 
 @pytest.mark.slow
@@ -177,6 +193,12 @@ def test_auto_fast_path_matches_the_plain_unet_on_the_cifar10_preset():
         diffusion_config=DIFFUSION_PRESETS["cifar10"], unet_config=UNET_PRESETS["cifar10"], params=params
     )  # auto on the CPU
     assert fast.model.ops.winograd
+    # One image per call: F(4x4) on 32x32 maps, F(2x2) on 16x16 and 8x8, XLA's on 4x4.
+    small = flatten_params(fast.run_params_for(1))
+    assert small["down_0/block_0/conv1/kernel"].shape[:2] == (6, 6)
+    assert small["down_1/block_1/conv1/kernel"].shape[:2] == (4, 4)
+    assert small["down_3/block_0/conv1/kernel"].shape[:2] == (3, 3)
+    assert flatten_params(fast.run_params)["down_1/block_1/conv1/kernel"].shape[:2] == (6, 6)
     assert 0 < _max_eps_gap(fast, plain) < 1e-4
 
 
@@ -253,6 +275,34 @@ def test_in_micro_batches_splits_evenly_pads_and_gives_the_whole_batchs_result(n
     np.testing.assert_allclose(out, fn(x, t), rtol=1e-6)
     assert _scan_lengths(lambda x, t: in_micro_batches(fn, x, t, size), x, t) == ([calls] if calls else [])
     assert _scan_lengths(lambda x, t: in_micro_batches(fn, x, t, 0), x, t) == []  # 0: one call
+
+
+def test_a_call_on_few_pixels_takes_its_own_layout_made_once_and_samples_the_same(tiny_params):
+    fast = Diffusion(
+        diffusion_config=TINY_DIFFUSION, unet_config=TINY_UNET, params=tiny_params, conv="winograd"
+    ).respaced(4, sampler="ddim")
+    plain = fast.respaced(4, sampler="ddim", conv="xla")
+    big, small = flatten_params(fast.run_params), flatten_params(fast.run_params_for(1))
+    # 8x8 images: up to 32 per call are small; 8x8 maps F(2x2) in both, 4x4 maps XLA's when small.
+    assert fast.run_params_for(32) is fast.run_params_for(1) and fast.run_params_for(33) is fast.run_params
+    assert big["down_0/block_0/conv1/kernel"].shape == small["down_0/block_0/conv1/kernel"].shape == (4, 4, 32, 32)
+    assert big["mid/block_1/conv2/kernel"].shape == (4, 4, 64, 64)
+    np.testing.assert_array_equal(
+        small["mid/block_1/conv2/kernel"], flatten_params(tiny_params)["mid/block_1/conv2/kernel"]
+    )
+    # Micro-batches count: 40 images in calls of 4 take the small layout; a respaced model shares it.
+    assert fast.respaced(4, micro_batch=4).run_params_for(40) is fast.run_params_for(1)
+    assert fast.respaced(2).run_params_for(1) is fast.run_params_for(1)
+    assert plain.run_params_for(1) is plain.run_params  # XLA's conv: one layout
+    # eps and a chain through the small layout match the plain UNet, and the large layout's batch.
+    x = np.random.default_rng(0).standard_normal((40, *fast.image_shape)).astype(np.float32)
+    t = np.full((40,), 500, np.int32)
+    a, b = np.asarray(fast.eps(x[:1], t[:1])), np.asarray(plain.eps(x[:1], t[:1]))
+    assert np.abs(a - b).max() < 1e-5 and np.abs(b).max() > 0.1
+    assert np.abs(a - np.asarray(fast.eps(x, t))[:1]).max() < 1e-5
+    one, many = np.asarray(fast.denoise(2, key=3)), np.asarray(fast.denoise(40, key=3))
+    assert np.abs(one - np.asarray(plain.denoise(2, key=3))).max() < 1e-4 and np.abs(one).max() > 0.5
+    assert np.abs(one - many[:2]).max() < 1e-4
 
 
 def test_micro_batches_hold_a_fixed_number_of_pixels_where_winograd_runs_on_the_cpu(tiny_params):
