@@ -37,9 +37,10 @@ CPU_WINOGRAD = ((4, 2), (16, 4))
 # CPU_WINOGRAD_SMALL's layout instead, its own run params made on first use
 # (`Diffusion.run_params_for`): F(2x2) on 8x8 and 16x16 maps, F(4x4) on 32x32, XLA's on 4x4.
 # With so few tiles each product of the batched dot is a few rows against a transformed kernel
-# that F(4x4) makes 4x and F(2x2) 1.8x the 3x3 kernel, read from memory on one core: the whole
-# cifar10 step at batch 1 took 57 ms against 64 with CPU_WINOGRAD, at batch 2 87 against 97, at 4
-# the same and at 8 288 against 273 (2-core Xeon with AMX, bench/conv_policy.py --against).
+# that F(4x4) makes 4x and F(2x2) 1.8x the 3x3 kernel, each product on one core: the whole
+# cifar10 step at batch 1 took 57 ms against 63 with CPU_WINOGRAD, at batch 2 89 against 98, at 4
+# the same and at 8 288 against 273 (2-core Xeon with AMX, bench/conv_policy.py --against;
+# docs/benchmarks.md, "Batch classes").
 CPU_WINOGRAD_SMALL = ((8, 2), (32, 4))
 SMALL_CALL_PIXELS = 2 * 32 * 32
 # With bfloat16 operands, F(2x2, 3x3) only: F(4x4)'s transforms (coefficients
