@@ -298,17 +298,17 @@ class Diffusion:
     def _run_params(self, name: str, ops) -> dict:
         if name not in self._run:  # made eagerly even inside a trace (`eps`): never a tracer kept
             with jax.ensure_compile_time_eval():
-                self._run[name] = self._prepare(self.params, ops)
+                self._run[name] = self._prepare(ops)
         return self._run[name]
 
-    def _prepare(self, params, ops):
-        """Params as UNet(config, ops) runs them: Winograd kernels transformed and
+    def _prepare(self, ops):
+        """`params` as UNet(config, ops) runs them: Winograd kernels transformed and
         every leaf cast once for `precision`, replicated over the mesh if
         there is one. Warns where a conv runs as Winograd without the CPU flags."""
         shapes = jax.tree.leaves(run_shapes(self.unet_config, ops))
         if jax.default_backend() == "cpu" and any(len(s.shape) == 4 and s.shape[0] != 3 for s in shapes):
             cpu_flags.warn_if_missing(stacklevel=5)  # some conv runs as Winograd
-        run = PRECISIONS[self.precision].cast(layout_params(self.unet_config, ops, params))
+        run = PRECISIONS[self.precision].cast(layout_params(self.unet_config, ops, self.params))
         return run if self.mesh is None else replicate(run, self.mesh)
 
     def with_params(self, params) -> Diffusion:
@@ -318,7 +318,7 @@ class Diffusion:
         check_params(flatten_params(params), self.unet_config)
         new = copy.copy(self)
         new.params = jax.device_put(params)
-        new._run = {"params": new._prepare(new.params, new.model.ops)}
+        new._run = {}  # laid out on first use, each batch class's as a call needs it
         return new
 
     def eps(self, x, t, params=None) -> jax.Array:
