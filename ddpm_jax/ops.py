@@ -87,20 +87,28 @@ def micro_batch(run_params, height: int, width: int) -> int:
     return max(1, CPU_MICRO_PIXELS // (height * width))
 
 
+def per_call(n: int, size: int) -> int:
+    """Images in each UNet call when n images run in equal micro-batches of at most `size`
+    (`in_micro_batches`; `size` 0: one call of n)."""
+    if not size or n <= size:
+        return n
+    return -(-n // -(-n // size))
+
+
 def in_micro_batches(fn, x, t, size: int):
     """fn(x, t) for a batch x (n, ...) and timesteps t (n,), in equal micro-batches of at most
     `size` images run one after another (one `lax.map`, so `fn` is traced once); the batch is
     padded to a whole number of them and the padding dropped. `size` 0 or >= n: one call."""
     n = x.shape[0]
-    if not size or n <= size:
+    each = per_call(n, size)
+    if each == n:
         return fn(x, t)
     calls = -(-n // size)
-    per_call = -(-n // calls)
-    pad = calls * per_call - n
-    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(calls, per_call, *x.shape[1:])
-    ts = jnp.pad(jnp.broadcast_to(t, (n,)), (0, pad)).reshape(calls, per_call)
+    pad = calls * each - n
+    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(calls, each, *x.shape[1:])
+    ts = jnp.pad(jnp.broadcast_to(t, (n,)), (0, pad)).reshape(calls, each)
     out = jax.lax.map(lambda a: fn(*a), (xs, ts))
-    return out.reshape(calls * per_call, *out.shape[2:])[:n]
+    return out.reshape(calls * each, *out.shape[2:])[:n]
 
 
 @dataclass(frozen=True)

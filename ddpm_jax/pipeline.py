@@ -33,7 +33,16 @@ from .inpainting import (
 from .interpolation import check_lambdas, lerp, slerp
 from .likelihood import Bound, bound_chunk, grid_images, variational_bound
 from .memory import check_batch
-from .ops import CONVS, CPU_MICRO_PIXELS, PRECISIONS, SMALL_CALL_PIXELS, choose_ops, in_micro_batches, micro_batch
+from .ops import (
+    CONVS,
+    CPU_MICRO_PIXELS,
+    PRECISIONS,
+    SMALL_CALL_PIXELS,
+    choose_ops,
+    in_micro_batches,
+    micro_batch,
+    per_call,
+)
 from .run_layout import layout_params, run_shapes
 from .samplers import Sampler
 from .sampling import denoise_chunk, diffuse_chunk, initial_noise
@@ -289,9 +298,8 @@ class Diffusion:
         """The run params a call on n images takes: on the CPU, where at most
         `ops.SMALL_CALL_PIXELS` go through one UNet call (micro-batches counted),
         `ops.CPU_WINOGRAD_SMALL`'s layout (made on first use), else `run_params`."""
-        per_call = n if not self._micro else min(n, self._micro)
         height, width, _ = self.image_shape
-        if self._small_ops is None or per_call * height * width > SMALL_CALL_PIXELS:
+        if self._small_ops is None or per_call(n, self._micro) * height * width > SMALL_CALL_PIXELS:
             return self.run_params
         return self._run_params("small", self._small_ops)
 

@@ -25,6 +25,7 @@ from ddpm_jax.ops import (
     in_micro_batches,
     micro_batch,
 )
+from ddpm_jax.ops import per_call as images_per_call
 from ddpm_jax.run_layout import layout_params
 from ddpm_jax.unet import init_params
 from ddpm_jax.weights import flatten_params
@@ -271,7 +272,7 @@ def test_in_micro_batches_splits_evenly_pads_and_gives_the_whole_batchs_result(n
     x = rng.standard_normal((n, 2, 2, 3)).astype(np.float32)
     t = rng.integers(0, 1000, n).astype(np.int32)
     out = in_micro_batches(fn, x, t, size)
-    assert traced == [per_call] and out.shape == x.shape
+    assert traced == [per_call] and out.shape == x.shape and images_per_call(n, size) == per_call
     np.testing.assert_allclose(out, fn(x, t), rtol=1e-6)
     assert _scan_lengths(lambda x, t: in_micro_batches(fn, x, t, size), x, t) == ([calls] if calls else [])
     assert _scan_lengths(lambda x, t: in_micro_batches(fn, x, t, 0), x, t) == []  # 0: one call
@@ -292,6 +293,7 @@ def test_a_call_on_few_pixels_takes_its_own_layout_made_once_and_samples_the_sam
     )
     # Micro-batches count: 40 images in calls of 4 take the small layout; a respaced model shares it.
     assert fast.respaced(4, micro_batch=4).run_params_for(40) is fast.run_params_for(1)
+    assert fast.respaced(4, micro_batch=33).run_params_for(40) is fast.run_params_for(1)  # calls of 20
     assert fast.respaced(2).run_params_for(1) is fast.run_params_for(1)
     assert plain.run_params_for(1) is plain.run_params  # XLA's conv: one layout
     # eps and a chain through the small layout match the plain UNet, and the large layout's batch.
