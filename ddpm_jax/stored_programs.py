@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jax
 
+from . import batched_matmul
 from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,10 @@ def folder() -> Path | None:
 
 @functools.cache
 def source_hash() -> str:
-    """sha256 of ddpm_jax's Python source: any change to the code makes new keys."""
+    """sha256 of ddpm_jax's source (Python and C++): any change to the code makes new keys."""
     digest = hashlib.sha256()
     root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.cc")]):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -125,6 +126,7 @@ class StoredJit:
                     jax.__version__,
                     importlib.metadata.version("jaxlib"),
                     jax.default_backend(),
+                    f"native={batched_matmul.ready()}",
                     self._name,
                     self._fingerprint,
                     statics,
@@ -162,7 +164,9 @@ class StoredJit:
         def flat(*leaves):
             return self._jitted(*jax.tree.unflatten(tree, leaves), **static)
 
-        exported = jax.export.export(jax.jit(flat))(*leaves)  # only their shapes and dtypes are read
+        # The products' kernel is ddpm_jax's own custom call, registered before a key names it.
+        safe = [jax.export.DisabledSafetyCheck.custom_call(batched_matmul.TARGET)]
+        exported = jax.export.export(jax.jit(flat), disabled_checks=safe)(*leaves)  # shapes and dtypes
         try:
             with atomic_path(path) as tmp:
                 tmp.write_bytes(exported.serialize())

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .batched_matmul import batched_matmul
+
 # Lavin & Gray 2016, §4.1 (F(2x2, 3x3)) and §4.2 (F(4x4, 3x3), points 0, ±1, ±2, ∞).
 _MATRICES = {
     2: dict(
@@ -117,7 +119,7 @@ def conv(x: jax.Array, u: jax.Array, m: int, *, dot_dtype=None) -> jax.Array:
     out_dtype = x.dtype
     if dot_dtype is not None:
         v, u = v.astype(dot_dtype), u.astype(dot_dtype)
-    prod = jax.lax.dot_general(v, u, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=out_dtype)  # (a, a, P, O)
+    prod = batched_matmul(v, u, out_dtype)  # (a, a, P, O)
     # A^T M A for all tiles at once: one matmul of kron(A^T, A^T) (m^2 x a^2)
     # with M, which the batched dot leaves laid out (a^2, P, O) for it; then
     # the m x m output tiles back into the image.

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import stored_programs
+from ddpm_jax import batched_matmul, stored_programs
 from ddpm_jax.samplers import get as get_sampler
 from ddpm_jax.stored_programs import SUFFIX, StoredJit
 
@@ -30,7 +30,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setattr(stored_programs, "folder", lambda: tmp_path)
     monkeypatch.setattr(stored_programs, "_PROGRAMS", type(stored_programs._PROGRAMS)())
     export = jax.export.export
-    monkeypatch.setattr(jax.export, "export", lambda f: EXPORTS.append(f) or export(f))
+    monkeypatch.setattr(jax.export, "export", lambda f, **kw: EXPORTS.append(f) or export(f, **kw))
     EXPORTS.clear()
     return tmp_path
 
@@ -79,6 +79,28 @@ def test_the_source_of_ddpm_jax_is_in_the_key(store, monkeypatch):
     monkeypatch.setattr(stored_programs, "source_hash", lambda: "edited")  # ddpm_jax's code changed
     _stored()(*ARGS, scale=3.0, sampler=get_sampler("ddpm"))
     assert len(list(store.glob(f"*{SUFFIX}"))) == 2 and len(EXPORTS) == 2
+
+
+def _products(a, b):
+    return batched_matmul.batched_matmul(a, b) + 1
+
+
+def test_a_program_on_ddpm_jaxs_cpu_kernel_is_stored_read_back_and_keyed_by_it(store, monkeypatch):
+    assert batched_matmul.prepare()
+    a, b = (np.random.default_rng(s).standard_normal((4, 8, 8)).astype(np.float32) for s in (0, 1))
+    stored = StoredJit(jax.jit(_products), "products", "kernel")
+    want = a @ b + 1
+    np.testing.assert_allclose(stored(a, b), want, atol=1e-4)
+    (path,) = store.glob(f"*{SUFFIX}")
+    assert batched_matmul.TARGET in jax.export.deserialize(bytearray(path.read_bytes())).mlir_module()
+    stored_programs._PROGRAMS.clear()  # a new process with the kernel ready reads it
+    again = StoredJit(jax.jit(_products), "products", "kernel")
+    np.testing.assert_allclose(again(a, b), want, atol=1e-4)
+    assert len(EXPORTS) == 1 and again._cache_size() == 1
+    monkeypatch.setattr(batched_matmul, "ready", lambda: False)  # one without it: its own program
+    without = StoredJit(jax.jit(_products), "products", "kernel")
+    np.testing.assert_allclose(without(a, b), want, atol=1e-4)
+    assert len(EXPORTS) == 2 and len(list(store.glob(f"*{SUFFIX}"))) == 2
 
 
 def test_a_damaged_program_is_exported_again(store, caplog):

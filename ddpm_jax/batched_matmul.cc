@@ -1,0 +1,136 @@
+// C[b] = A[b] @ B[b] in float32 for every b of the leading dimensions: Winograd's (m+2)^2
+// products of one 3x3 convolution (ddpm_jax/winograd.py), as an XLA FFI handler on the CPU.
+//
+// XLA's CPU runtime runs a batched dot as one matmul after another, and a product of a few
+// rows (one image's tiles) on one core. Here the products are shared out between the calling
+// thread and tasks on XLA's own intra-op thread pool, each taking the next product from a
+// counter until none is left. Built by ddpm_jax/batched_matmul.py with -march=native.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Register tile: MR rows of C by NV vectors of VW floats, chosen for the vector registers the
+// compiler targets (32 zmm, 16 ymm, 16 xmm).
+#if defined(__AVX512F__)
+constexpr int VW = 16, MR = 4, NV = 4;
+#elif defined(__AVX__)
+constexpr int VW = 8, MR = 4, NV = 2;
+#else
+constexpr int VW = 4, MR = 4, NV = 2;
+#endif
+constexpr int NR = NV * VW;
+constexpr int64_t KB = 128;  // rows of B per pass, so that a panel of B stays in L1/L2
+
+typedef float vec __attribute__((vector_size(VW * sizeof(float)), aligned(sizeof(float))));
+
+// C[R x NR] = A[R x kc] B[kc x NR] (+ C if accumulate); row strides lda, ldb, ldc.
+template <int R>
+inline void tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t kc,
+                 bool accumulate) {
+  vec acc[R][NV];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = accumulate ? *(const vec*)(c + i * ldc + j * VW) : vec{};
+  for (int64_t k = 0; k < kc; ++k) {
+    vec row[NV];
+    for (int j = 0; j < NV; ++j) row[j] = *(const vec*)(b + k * ldb + j * VW);
+    for (int i = 0; i < R; ++i) {
+      const float s = a[i * lda + k];
+      for (int j = 0; j < NV; ++j) acc[i][j] += s * row[j];
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < NV; ++j) *(vec*)(c + i * ldc + j * VW) = acc[i][j];
+}
+
+// The columns past the last whole tile, one float at a time.
+void edge(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t rows,
+          int64_t cols, int64_t kc, bool accumulate) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      float s = accumulate ? c[i * ldc + j] : 0.f;
+      for (int64_t k = 0; k < kc; ++k) s += a[i * lda + k] * b[k * ldb + j];
+      c[i * ldc + j] = s;
+    }
+}
+
+// C (m x n) = A (m x k) B (k x n), all row-major and contiguous.
+void matmul(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n) {
+  if (k == 0) std::fill(c, c + m * n, 0.f);
+  const int64_t whole_cols = n / NR * NR, whole_rows = m / MR * MR;
+  for (int64_t k0 = 0; k0 < k; k0 += KB) {
+    const int64_t kc = k - k0 < KB ? k - k0 : KB;
+    const bool accumulate = k0 > 0;
+    for (int64_t j = 0; j < whole_cols; j += NR) {
+      int64_t i = 0;
+      for (; i < whole_rows; i += MR) tile<MR>(a + i * k + k0, k, b + k0 * n + j, n, c + i * n + j, n, kc, accumulate);
+      for (; i < m; ++i) tile<1>(a + i * k + k0, k, b + k0 * n + j, n, c + i * n + j, n, kc, accumulate);
+    }
+    if (whole_cols < n) edge(a + k0, k, b + k0 * n + whole_cols, n, c + whole_cols, n, m, n - whole_cols, kc, accumulate);
+  }
+}
+
+// One call's products and the counters its threads share (kept alive by whichever ends last).
+struct Work {
+  const float* a;
+  const float* b;
+  float* c;
+  int64_t count, m, k, n;
+  std::atomic<int64_t> next{0}, finished{0};
+
+  void take() {
+    for (int64_t p; (p = next.fetch_add(1, std::memory_order_relaxed)) < count;) {
+      matmul(a + p * m * k, b + p * k * n, c + p * m * n, m, k, n);
+      finished.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+ffi::Error BatchedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                         ffi::ResultBuffer<ffi::F32> c) {
+  const auto da = a.dimensions(), db = b.dimensions();
+  const size_t rank = da.size();
+  if (rank < 2 || db.size() != rank) return ffi::Error::InvalidArgument("batched_matmul: operands of unequal rank");
+  int64_t count = 1;
+  for (size_t i = 0; i + 2 < rank; ++i) {
+    if (da[i] != db[i]) return ffi::Error::InvalidArgument("batched_matmul: unequal batch dimensions");
+    count *= da[i];
+  }
+  if (da[rank - 1] != db[rank - 2]) return ffi::Error::InvalidArgument("batched_matmul: inner dimensions differ");
+  auto work = std::make_shared<Work>();
+  work->a = a.typed_data();
+  work->b = b.typed_data();
+  work->c = c->typed_data();
+  work->count = count;
+  work->m = da[rank - 2];
+  work->k = da[rank - 1];
+  work->n = db[rank - 1];
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work] { work->take(); });
+  work->take();
+  // Every product is taken; wait for those another thread is still computing.
+  while (work->finished.load(std::memory_order_acquire) < count) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ddpm_jax_batched_matmul, BatchedMatmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
