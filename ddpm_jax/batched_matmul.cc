@@ -28,52 +28,59 @@ constexpr int VW = 4, MR = 4, NV = 2;
 #endif
 constexpr int NR = NV * VW;
 constexpr int64_t KB = 128;  // rows of B per pass, so that a panel of B stays in L1/L2
+constexpr int64_t kSmallCall = 1 << 20;  // multiply-adds
 
 typedef float vec __attribute__((vector_size(VW * sizeof(float)), aligned(sizeof(float))));
 
-// C[R x NR] = A[R x kc] B[kc x NR] (+ C if accumulate); row strides lda, ldb, ldc.
-template <int R>
+// C[R x V*VW] = A[R x kc] B[kc x V*VW] (+ C if accumulate); row strides lda, ldb, ldc.
+template <int R, int V>
 inline void tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t kc,
                  bool accumulate) {
-  vec acc[R][NV];
+  vec acc[R][V];
   for (int i = 0; i < R; ++i)
-    for (int j = 0; j < NV; ++j) acc[i][j] = accumulate ? *(const vec*)(c + i * ldc + j * VW) : vec{};
+    for (int j = 0; j < V; ++j) acc[i][j] = accumulate ? *(const vec*)(c + i * ldc + j * VW) : vec{};
   for (int64_t k = 0; k < kc; ++k) {
-    vec row[NV];
-    for (int j = 0; j < NV; ++j) row[j] = *(const vec*)(b + k * ldb + j * VW);
+    vec row[V];
+    for (int j = 0; j < V; ++j) row[j] = *(const vec*)(b + k * ldb + j * VW);
     for (int i = 0; i < R; ++i) {
       const float s = a[i * lda + k];
-      for (int j = 0; j < NV; ++j) acc[i][j] += s * row[j];
+      for (int j = 0; j < V; ++j) acc[i][j] += s * row[j];
     }
   }
   for (int i = 0; i < R; ++i)
-    for (int j = 0; j < NV; ++j) *(vec*)(c + i * ldc + j * VW) = acc[i][j];
+    for (int j = 0; j < V; ++j) *(vec*)(c + i * ldc + j * VW) = acc[i][j];
 }
 
-// The columns past the last whole tile, one float at a time.
-void edge(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t rows,
-          int64_t cols, int64_t kc, bool accumulate) {
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) {
-      float s = accumulate ? c[i * ldc + j] : 0.f;
-      for (int64_t k = 0; k < kc; ++k) s += a[i * lda + k] * b[k * ldb + j];
-      c[i * ldc + j] = s;
+// Columns j.. j+V*VW of C (m x n) from rows k0.. k0+kc of B: MR rows at a time, then one.
+template <int V>
+void columns(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n, int64_t j, int64_t k0,
+             int64_t kc, bool accumulate) {
+  int64_t i = 0;
+  for (; i + MR <= m; i += MR) tile<MR, V>(a + i * k + k0, k, b + k0 * n + j, n, c + i * n + j, n, kc, accumulate);
+  for (; i < m; ++i) tile<1, V>(a + i * k + k0, k, b + k0 * n + j, n, c + i * n + j, n, kc, accumulate);
+}
+
+// The last columns, fewer than one vector, one float at a time.
+void edge(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n, int64_t j, int64_t k0,
+          int64_t kc, bool accumulate) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t col = j; col < n; ++col) {
+      float s = accumulate ? c[i * n + col] : 0.f;
+      for (int64_t p = k0; p < k0 + kc; ++p) s += a[i * k + p] * b[p * n + col];
+      c[i * n + col] = s;
     }
 }
 
 // C (m x n) = A (m x k) B (k x n), all row-major and contiguous.
 void matmul(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n) {
   if (k == 0) std::fill(c, c + m * n, 0.f);
-  const int64_t whole_cols = n / NR * NR, whole_rows = m / MR * MR;
   for (int64_t k0 = 0; k0 < k; k0 += KB) {
     const int64_t kc = k - k0 < KB ? k - k0 : KB;
     const bool accumulate = k0 > 0;
-    for (int64_t j = 0; j < whole_cols; j += NR) {
-      int64_t i = 0;
-      for (; i < whole_rows; i += MR) tile<MR>(a + i * k + k0, k, b + k0 * n + j, n, c + i * n + j, n, kc, accumulate);
-      for (; i < m; ++i) tile<1>(a + i * k + k0, k, b + k0 * n + j, n, c + i * n + j, n, kc, accumulate);
-    }
-    if (whole_cols < n) edge(a + k0, k, b + k0 * n + whole_cols, n, c + whole_cols, n, m, n - whole_cols, kc, accumulate);
+    int64_t j = 0;
+    for (; j + NR <= n; j += NR) columns<NV>(a, b, c, m, k, n, j, k0, kc, accumulate);
+    for (; j + VW <= n; j += VW) columns<1>(a, b, c, m, k, n, j, k0, kc, accumulate);
+    if (j < n) edge(a, b, c, m, k, n, j, k0, kc, accumulate);
   }
 }
 
@@ -112,7 +119,9 @@ ffi::Error BatchedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buf
   work->m = da[rank - 2];
   work->k = da[rank - 1];
   work->n = db[rank - 1];
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
+  // A call of little work (a tiny model's) runs on the calling thread: waking another costs more.
+  const bool small = count * work->m * work->k * work->n < kSmallCall;
+  const int64_t helpers = small ? 0 : std::min<int64_t>(pool.num_threads(), count) - 1;
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work] { work->take(); });
   work->take();
   // Every product is taken; wait for those another thread is still computing.

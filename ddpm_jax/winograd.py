@@ -96,8 +96,9 @@ def conv(x: jax.Array, u: jax.Array, m: int, *, dot_dtype=None) -> jax.Array:
     """3x3 stride-1 "SAME" correlation of x (n, H, W, I) with U = `transform_kernel(g, m)`.
 
     H and W must be multiples of m. The transforms run in x's dtype and the
-    (m+2)^2 matmuls as one batched dot; with `dot_dtype` (bfloat16) its
-    operands are cast to it and it accumulates in x's dtype. Returns
+    (m+2)^2 matmuls as one `batched_matmul` (ddpm_jax's CPU kernel once it is
+    ready, else XLA's batched dot); with `dot_dtype` (bfloat16) its operands
+    are cast to it and it accumulates in x's dtype. Returns
     (n, H, W, O) in x's dtype, no bias.
     """
     n, h, w, _ = x.shape

@@ -41,6 +41,7 @@ def _operands(seed, batch, m, k, n):
     [
         ((36,), 16, 256, 256),  # F(4x4) on one image's 16x16 map
         ((2, 3), 13, 300, 70),  # rows, depth and columns past whole tiles and K blocks
+        ((3,), 5, 40, 40),  # fewer columns than a tile: one vector at a time, then single floats
         ((1,), 1, 1, 1),
         ((5,), 4, 0, 64),  # nothing to sum: zeros
         ((4, 4), 64, 128, 16),
