@@ -193,3 +193,10 @@ def test_xla_dot_traces_xlas_products_whose_flops_xla_counts():
         lowered = jax.jit(lambda a, b: batched_matmul.batched_matmul(a, b)).lower(a, b)
     assert TARGET not in lowered.as_text() and lowered.cost_analysis()["flops"] == 2 * 16 * 64 * 128 * 32
     assert _runs_the_kernel(lambda a, b: batched_matmul.batched_matmul(a, b), a, b)  # the kernel again
+
+
+def test_an_unwritable_cache_is_said_and_xlas_dot_runs(tmp_path):
+    blocker = tmp_path / "a file where the cache folder should be"
+    blocker.write_text("")
+    got, log = _probe(tmp_path, DDPM_JAX_CACHE=str(blocker))
+    assert not got["ready"] and not got["kernel"] and "not available" in log and "Not a directory" in log
