@@ -4,7 +4,8 @@
 // XLA's CPU runtime runs a batched dot as one matmul after another, and a product of a few
 // rows (one image's tiles) on one core. Here the products are shared out between the calling
 // thread and tasks on XLA's own intra-op thread pool, each taking the next product from a
-// counter until none is left. Built by ddpm_jax/batched_matmul.py with -march=native.
+// counter until none is left; each holds the product it takes next and prefetches its B while
+// it computes one. Built by ddpm_jax/batched_matmul.py with -march=native.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -32,14 +33,28 @@ constexpr int64_t kSmallCall = 1 << 20;  // multiply-adds
 
 typedef float vec __attribute__((vector_size(VW * sizeof(float)), aligned(sizeof(float))));
 
+// Lines of memory to bring into L2 a line at a time (the next product's B while one is computed:
+// a product's first pass over B would otherwise wait on each line).
+struct Prefetch {
+  const char* next;
+  const char* end;
+  inline void step() {
+    if (next < end) {
+      __builtin_prefetch(next, 0, 2);
+      next += 64;
+    }
+  }
+};
+
 // C[R x V*VW] = A[R x kc] B[kc x V*VW] (+ C if accumulate); row strides lda, ldb, ldc.
 template <int R, int V>
 inline void tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t kc,
-                 bool accumulate) {
+                 bool accumulate, Prefetch& pf) {
   vec acc[R][V];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < V; ++j) acc[i][j] = accumulate ? *(const vec*)(c + i * ldc + j * VW) : vec{};
   for (int64_t k = 0; k < kc; ++k) {
+    pf.step();
     vec row[V];
     for (int j = 0; j < V; ++j) row[j] = *(const vec*)(b + k * ldb + j * VW);
     for (int i = 0; i < R; ++i) {
@@ -54,10 +69,10 @@ inline void tile(const float* a, int64_t lda, const float* b, int64_t ldb, float
 // Columns j.. j+V*VW of C (m x n) from rows k0.. k0+kc of B: MR rows at a time, then one.
 template <int V>
 void columns(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n, int64_t j, int64_t k0,
-             int64_t kc, bool accumulate) {
+             int64_t kc, bool accumulate, Prefetch& pf) {
   int64_t i = 0;
-  for (; i + MR <= m; i += MR) tile<MR, V>(a + i * k + k0, k, b + k0 * n + j, n, c + i * n + j, n, kc, accumulate);
-  for (; i < m; ++i) tile<1, V>(a + i * k + k0, k, b + k0 * n + j, n, c + i * n + j, n, kc, accumulate);
+  for (; i + MR <= m; i += MR) tile<MR, V>(a + i * k + k0, k, b + k0 * n + j, n, c + i * n + j, n, kc, accumulate, pf);
+  for (; i < m; ++i) tile<1, V>(a + i * k + k0, k, b + k0 * n + j, n, c + i * n + j, n, kc, accumulate, pf);
 }
 
 // The last columns, fewer than one vector, one float at a time.
@@ -71,15 +86,15 @@ void edge(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_
     }
 }
 
-// C (m x n) = A (m x k) B (k x n), all row-major and contiguous.
-void matmul(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n) {
+// C (m x n) = A (m x k) B (k x n), all row-major and contiguous, prefetching pf's lines meanwhile.
+void matmul(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n, Prefetch& pf) {
   if (k == 0) std::fill(c, c + m * n, 0.f);
   for (int64_t k0 = 0; k0 < k; k0 += KB) {
     const int64_t kc = k - k0 < KB ? k - k0 : KB;
     const bool accumulate = k0 > 0;
     int64_t j = 0;
-    for (; j + NR <= n; j += NR) columns<NV>(a, b, c, m, k, n, j, k0, kc, accumulate);
-    for (; j + VW <= n; j += VW) columns<1>(a, b, c, m, k, n, j, k0, kc, accumulate);
+    for (; j + NR <= n; j += NR) columns<NV>(a, b, c, m, k, n, j, k0, kc, accumulate, pf);
+    for (; j + VW <= n; j += VW) columns<1>(a, b, c, m, k, n, j, k0, kc, accumulate, pf);
     if (j < n) edge(a, b, c, m, k, n, j, k0, kc, accumulate);
   }
 }
@@ -92,10 +107,17 @@ struct Work {
   int64_t count, m, k, n;
   std::atomic<int64_t> next{0}, finished{0};
 
+  // Each thread holds the product it will compute next while it computes one, and prefetches that
+  // one's B meanwhile.
   void take() {
-    for (int64_t p; (p = next.fetch_add(1, std::memory_order_relaxed)) < count;) {
-      matmul(a + p * m * k, b + p * k * n, c + p * m * n, m, k, n);
+    int64_t p = next.fetch_add(1, std::memory_order_relaxed);
+    while (p < count) {
+      const int64_t after = next.fetch_add(1, std::memory_order_relaxed);
+      const char* pb = after < count ? (const char*)(b + after * k * n) : nullptr;
+      Prefetch pf{pb, pb ? pb + k * n * sizeof(float) : nullptr};
+      matmul(a + p * m * k, b + p * k * n, c + p * m * n, m, k, n, pf);
       finished.fetch_add(1, std::memory_order_release);
+      p = after;
     }
   }
 };
