@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
-from . import winograd
+from . import group_norm, winograd
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -165,6 +165,12 @@ class Ops:
                 x, kernel, (stride, stride), padding, dimension_numbers=_DIMS, preferred_element_type=out
             )
         return y + bias.astype(y.dtype)
+
+    def group_norm(self, x, scale, bias, groups: int, eps: float, swish: bool):
+        """GroupNorm, then swish if asked (`group_norm.group_norm`): in ddpm_jax's CPU kernel on the
+        fast path (a Winograd table) once it is ready (`group_norm.fused`), else as Flax's ops."""
+        norm = group_norm.fused if self.winograd else group_norm.group_norm
+        return norm(x, scale, bias, groups, eps, swish)
 
     def dot_general(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
         """`lax.dot_general` for nn.Dense, in `dot_dtype` when there is one."""

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import batched_matmul, stored_programs, winograd
+from . import native, stored_programs, winograd
 from .atomic import atomic_path
 from .config import UNET_PRESETS, UNetConfig
 from .ops import Ops, choose_ops
@@ -80,7 +80,7 @@ def layout_params(config: UNetConfig, ops: Ops, params: dict) -> dict:
     def lay(a, want):
         if a.shape == want.shape:
             return a
-        batched_matmul.prepare()  # the CPU kernel of the products, before a program is traced
+        native.prepare()  # the CPU kernels (products, GroupNorm), before a program is traced
         # device_put: jnp.asarray compiles a copying program per shape (jax 0.10), seconds cold
         return jax.device_put(winograd.transform_kernel(np.asarray(a), want.shape[0] - 2))
 

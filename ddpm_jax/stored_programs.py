@@ -24,7 +24,7 @@ from pathlib import Path
 
 import jax
 
-from . import batched_matmul
+from . import native
 from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class StoredJit:
                     jax.__version__,
                     importlib.metadata.version("jaxlib"),
                     jax.default_backend(),
-                    f"native={batched_matmul.ready()}",
+                    f"native={native.ready()}",
                     self._name,
                     self._fingerprint,
                     statics,
@@ -164,8 +164,8 @@ class StoredJit:
         def flat(*leaves):
             return self._jitted(*jax.tree.unflatten(tree, leaves), **static)
 
-        # The products' kernel is ddpm_jax's own custom call, registered before a key names it.
-        safe = [jax.export.DisabledSafetyCheck.custom_call(batched_matmul.TARGET)]
+        # The CPU kernels are ddpm_jax's own custom calls, registered before a key names them.
+        safe = [jax.export.DisabledSafetyCheck.custom_call(t) for t in native.TARGETS]
         exported = jax.export.export(jax.jit(flat), disabled_checks=safe)(*leaves)  # shapes and dtypes
         try:
             with atomic_path(path) as tmp:

@@ -53,12 +53,22 @@ class Dense(_Params, nn.Dense):
     """nn.Dense, its params taken as they are (`_Params`)."""
 
 
-class GroupNorm(_Params, nn.GroupNorm):
-    """nn.GroupNorm, its params taken as they are (`_Params`)."""
+class GroupNorm(_Params, nn.Module):
+    """The release's `normalize` (GroupNorm, 32 groups, eps 1e-6; params `scale` and `bias` (C,)
+    as nn.GroupNorm's), then swish when `swish`, as `ops` computes them (`Ops.group_norm`)."""
+
+    swish: bool = False
+    ops: Ops = Ops()
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones_init(), (x.shape[-1],))
+        bias = self.param("bias", nn.initializers.zeros_init(), (x.shape[-1],))
+        return self.ops.group_norm(x, scale, bias, groups=32, eps=1e-6, swish=self.swish)
 
 
-def _norm(name: str) -> GroupNorm:
-    return GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False, name=name)
+def _norm(name: str, ops: Ops, swish: bool = False) -> GroupNorm:
+    return GroupNorm(swish, ops, name=name)
 
 
 class Conv3x3(_Params, nn.Module):
@@ -94,9 +104,9 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, temb, train: bool):
-        h = Conv3x3(self.out_ch, ops=self.ops, name="conv1")(nn.swish(_norm("norm1")(x)))
+        h = Conv3x3(self.out_ch, ops=self.ops, name="conv1")(_norm("norm1", self.ops, swish=True)(x))
         h = h + _dense(self.out_ch, "temb_proj", self.ops)(nn.swish(temb))[:, None, None, :]
-        h = nn.swish(_norm("norm2")(h))
+        h = _norm("norm2", self.ops, swish=True)(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = Conv3x3(self.out_ch, ops=self.ops, name="conv2")(h)
         if x.shape[-1] != self.out_ch:
@@ -112,7 +122,7 @@ class AttnBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         n, hgt, wid, c = x.shape
-        h = _norm("norm")(x)
+        h = _norm("norm", self.ops)(x)
         q = _dense(c, "q", self.ops)(h).reshape(n, hgt * wid, c)
         k = _dense(c, "k", self.ops)(h).reshape(n, hgt * wid, c)
         v = _dense(c, "v", self.ops)(h).reshape(n, hgt * wid, c)
@@ -230,7 +240,7 @@ class UNet(nn.Module):
         for i in reversed(range(len(cfg.ch_mult))):
             h = UpLevel(cfg, i, ops, name=f"up_{i}")(h, skips[-per_level:], temb, train)
             del skips[-per_level:]
-        h = nn.swish(_norm("norm_out")(h))
+        h = _norm("norm_out", ops, swish=True)(h)
         return Conv3x3(cfg.out_ch, ops=ops, name="conv_out")(h)
 
 

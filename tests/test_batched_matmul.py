@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import batched_matmul, winograd
+from ddpm_jax import batched_matmul, native, winograd
 from ddpm_jax.batched_matmul import TARGET
 
 from .test_fast_path import direct_conv_f64
@@ -21,7 +21,7 @@ from .test_fast_path import direct_conv_f64
 
 @pytest.fixture(scope="module", autouse=True)
 def kernel():
-    assert batched_matmul.prepare(), "the kernel could not be built here: see the warning logged"
+    assert native.prepare(), "the kernel could not be built here: see the warning logged"
 
 
 def _runs_the_kernel(f, *args) -> bool:
@@ -105,9 +105,9 @@ def test_winograd_conv_runs_its_products_on_the_kernel(m, size):
 PROBE = """
 import json, logging, sys
 import jax, numpy as np
-from ddpm_jax import batched_matmul, winograd
+from ddpm_jax import batched_matmul, native, winograd
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-ready = batched_matmul.prepare()
+ready = native.prepare()
 x = np.random.default_rng(0).standard_normal((1, 8, 8, 16)).astype(np.float32)
 g = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
 conv = jax.jit(winograd.conv, static_argnums=2)
@@ -131,8 +131,8 @@ def _probe(tmp_path, **env):
 
 def test_built_once_per_cache_then_loaded(tmp_path):
     got, log = _probe(tmp_path)
-    assert got["ready"] and got["kernel"] and "building ddpm_jax's CPU kernel" in log
-    (lib,) = (tmp_path / "cache" / "native").glob("batched_matmul-*.so")
+    assert got["ready"] and got["kernel"] and "building ddpm_jax's CPU kernels" in log
+    (lib,) = (tmp_path / "cache" / "native").glob("kernels-*.so")
     built = lib.stat().st_mtime_ns
     again, log = _probe(tmp_path)
     assert again["ready"] and "building" not in log and lib.stat().st_mtime_ns == built
@@ -164,9 +164,9 @@ def test_without_the_kernel_xlas_dot_gives_the_same_convolution(tmp_path, env, w
 OTHER_CPU = """
 import sys
 import jax, numpy as np
-from ddpm_jax import batched_matmul
-batched_matmul.load(sys.argv[1])
-batched_matmul._ready.append(True)
+from ddpm_jax import batched_matmul, group_norm, native
+native.load(sys.argv[1])
+native._ready.append(True)
 rng = np.random.default_rng(0)
 for batch, m, k, n in [((36,), 16, 256, 256), ((2, 3), 13, 300, 70), ((16,), 64, 128, 40)]:
     a = rng.standard_normal((*batch, m, k)).astype(np.float32)
@@ -174,15 +174,21 @@ for batch, m, k, n in [((36,), 16, 256, 256), ((2, 3), 13, 300, 70), ((16,), 64,
     f = jax.jit(batched_matmul.batched_matmul)
     assert batched_matmul.TARGET in f.lower(a, b).as_text()
     np.testing.assert_allclose(f(a, b), a.astype(np.float64) @ b, rtol=0, atol=1e-5 * np.sqrt(k))
+for shape, groups in [((1, 16, 16, 128), 32), ((2, 5, 36), 4)]:  # whole vectors; 4 channels past them
+    x = rng.standard_normal(shape).astype(np.float32)
+    s, b = rng.standard_normal((2, shape[-1])).astype(np.float32)
+    f = jax.jit(lambda x, s, b: group_norm.fused(x, s, b, groups, 1e-6, True))
+    assert group_norm.TARGET in f.lower(x, s, b).as_text()
+    np.testing.assert_allclose(f(x, s, b), group_norm.group_norm(x, s, b, groups, 1e-6, True), rtol=0, atol=2e-5)
 print("ok")
 """
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 CPU levels")
 @pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])  # AVX2 + FMA (the Zen 1 EPYC's), SSE2
-def test_the_kernel_built_for_other_x86_cpus_gives_the_same_products(tmp_path, march):
+def test_the_kernels_built_for_other_x86_cpus_give_the_same_results(tmp_path, march):
     lib = tmp_path / f"{march}.so"
-    batched_matmul.build(lib, march=march)
+    native.build(lib, march=march)
     done = subprocess.run([sys.executable, "-c", OTHER_CPU, str(lib)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import DIFFUSION_PRESETS, UNET_PRESETS, Diffusion, batched_matmul, cpu_flags, winograd
+from ddpm_jax import DIFFUSION_PRESETS, UNET_PRESETS, Diffusion, batched_matmul, cpu_flags, group_norm, winograd
 from ddpm_jax.ops import (
     AUTO_MIN_CHANNELS,
     BF16_WINOGRAD,
@@ -168,9 +168,11 @@ def test_fast_path_matches_the_plain_unet_on_the_bundled_trained_model():
     # Up to 8 digits per call (2048 pixels): F(2x2) on 16x16 and 8x8 maps, XLA's on 4x4.
     assert fast.run_params_for(8) is fast.run_params_for(1) is not fast.run_params_for(9)
     assert {a.shape[0] for a in flatten_params(fast.run_params_for(1)).values() if a.ndim == 4} == {3, 4}
-    # Laying the kernels out made ddpm_jax's CPU kernel of the products ready; the UNet runs it.
+    # Laying the kernels out made ddpm_jax's CPU kernels ready; the fast UNet runs them, the plain one not.
     x, t = np.zeros((1, *plain.image_shape), np.float32), np.zeros((1,), np.int32)
-    assert batched_matmul.TARGET in _eps_fn(fast).lower(fast.run_params_for(1), x, t).as_text()
+    program = _eps_fn(fast).lower(fast.run_params_for(1), x, t).as_text()
+    assert batched_matmul.TARGET in program and group_norm.TARGET in program
+    assert group_norm.TARGET not in _eps_fn(plain).lower(plain.run_params_for(1), x, t).as_text()
     assert 0 < _max_eps_gap(fast, plain, batches=(1, 9)) < 1e-4
 
 

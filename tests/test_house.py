@@ -60,6 +60,7 @@ def test_the_wheel_builds_quietly_and_carries_the_bundled_model_and_run_shapes(t
         "ddpm_jax/demo/app.py",
         "ddpm_jax/pipeline.py",
         "ddpm_jax/batched_matmul.cc",
+        "ddpm_jax/group_norm.cc",
     } <= names
     size = zipfile.ZipFile(wheel).getinfo("ddpm_jax/models/digits.safetensors").file_size
     assert size == (ROOT / "ddpm_jax" / "models" / "digits.safetensors").stat().st_size

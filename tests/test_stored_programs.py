@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import batched_matmul, stored_programs
+from ddpm_jax import batched_matmul, native, stored_programs
 from ddpm_jax.samplers import get as get_sampler
 from ddpm_jax.stored_programs import SUFFIX, StoredJit
 
@@ -86,7 +86,7 @@ def _products(a, b):
 
 
 def test_a_program_on_ddpm_jaxs_cpu_kernel_is_stored_read_back_and_keyed_by_it(store, monkeypatch):
-    assert batched_matmul.prepare()
+    assert native.prepare()
     a, b = (np.random.default_rng(s).standard_normal((4, 8, 8)).astype(np.float32) for s in (0, 1))
     stored = StoredJit(jax.jit(_products), "products", "kernel")
     want = a @ b + 1
@@ -97,7 +97,8 @@ def test_a_program_on_ddpm_jaxs_cpu_kernel_is_stored_read_back_and_keyed_by_it(s
     again = StoredJit(jax.jit(_products), "products", "kernel")
     np.testing.assert_allclose(again(a, b), want, atol=1e-4)
     assert len(EXPORTS) == 1 and again._cache_size() == 1
-    monkeypatch.setattr(batched_matmul, "ready", lambda: False)  # one without it: its own program
+    for module in (native, batched_matmul):  # one without the kernels: its own program
+        monkeypatch.setattr(module, "ready", lambda: False)
     without = StoredJit(jax.jit(_products), "products", "kernel")
     np.testing.assert_allclose(without(a, b), want, atol=1e-4)
     assert len(EXPORTS) == 2 and len(list(store.glob(f"*{SUFFIX}"))) == 2
