@@ -1,7 +1,7 @@
 // GroupNorm, then swish if asked, in float32 as an XLA FFI handler on the CPU (ddpm_jax/group_norm.py).
 //
-// x is (..., P, C): every leading index an image, P its pixels, C its channels in `groups` equal
-// groups. Per image and group: mean and variance over its pixels and channels (the variance of the
+// x is (..., H, W, C): every leading index an image of H x W pixels, C its channels in `groups`
+// equal groups; y is (..., H + 2 pad, W + 2 pad, C), zero on its border (a 3x3 convolution's input). Per image and group: mean and variance over its pixels and channels (the variance of the
 // deviations, as Flax's use_fast_variance=False), y = (x - mean) / sqrt(var + eps) * scale + bias,
 // then y * sigmoid(y) if swish. XLA runs the same as three passes (statistics twice, then the
 // normalisation fused with what follows), each on one core at batch 1; here the statistics take
@@ -90,7 +90,7 @@ inline void pause() {
 struct Work {
   const float *x, *scale, *bias;
   float* y;
-  int64_t images, pixels, c, groups, parts;
+  int64_t images, height, width, pixels, c, groups, parts, pad;
   float eps;
   bool swish;
   std::vector<double> sum, squares;  // [image][part][channel]: of x - k and (x - k)^2
@@ -172,6 +172,18 @@ struct Work {
     }
   }
 
+  // Zeros on one image's border of `pad` pixels in y.
+  void border(float* out) const {
+    if (!pad) return;
+    const int64_t row = (width + 2 * pad) * c;
+    std::fill(out, out + pad * row, 0.f);
+    std::fill(out + (height + pad) * row, out + (height + 2 * pad) * row, 0.f);
+    for (int64_t r = pad; r < height + pad; ++r) {
+      std::fill(out + r * row, out + r * row + pad * c, 0.f);
+      std::fill(out + r * row + (width + pad) * c, out + (r + 1) * row, 0.f);
+    }
+  }
+
   // Pass 1 over one part: y = (x - mean) * mul + bias, swish if asked.
   void normalise(int64_t task) const {
     const int64_t image = task / parts;
@@ -180,16 +192,19 @@ struct Work {
     std::vector<float> mean(c), mul(c);
     coefficients(image, mean.data(), mul.data());
     const float* in = origin(image);
-    float* out = y + image * pixels * c;
+    const int64_t row = (width + 2 * pad) * c;  // of y
+    float* out = y + image * (height + 2 * pad) * row;
+    if (task % parts == 0) border(out);
     for (int64_t p = lo; p < end; ++p) {
+      float* o = out + (p / width + pad) * row + (p % width + pad) * c;
       int64_t ci = 0;
       for (; ci + VW <= c; ci += VW) {
         vec v = (load(in + p * c + ci) - load(mean.data() + ci)) * load(mul.data() + ci) + load(bias + ci);
-        *(vec*)(out + p * c + ci) = swish ? swish_vec(v) : v;
+        *(vec*)(o + ci) = swish ? swish_vec(v) : v;
       }
       for (; ci < c; ++ci) {
         const float v = (in[p * c + ci] - mean[ci]) * mul[ci] + bias[ci];
-        out[p * c + ci] = swish ? swish_one(v) : v;
+        o[ci] = swish ? swish_one(v) : v;
       }
     }
   }
@@ -215,18 +230,27 @@ struct Work {
 
 ffi::Error GroupNorm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
                      ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t groups, float eps,
-                     bool swish) {
+                     bool swish, int64_t pad) {
   const auto d = x.dimensions();
-  if (d.size() < 2) return ffi::Error::InvalidArgument("group_norm: x needs pixel and channel axes");
+  const size_t rank = d.size();
+  if (rank < 3) return ffi::Error::InvalidArgument("group_norm: x needs height, width and channel axes");
   auto w = std::make_shared<Work>();
-  w->c = d[d.size() - 1];
-  w->pixels = d[d.size() - 2];
+  w->c = d[rank - 1];
+  w->width = d[rank - 2];
+  w->height = d[rank - 3];
+  w->pixels = w->height * w->width;
   w->images = 1;
-  for (size_t i = 0; i + 2 < d.size(); ++i) w->images *= d[i];
+  for (size_t i = 0; i + 3 < rank; ++i) w->images *= d[i];
+  const auto dy = y->dimensions();
+  if (pad < 0 || dy[rank - 3] != w->height + 2 * pad || dy[rank - 2] != w->width + 2 * pad)
+    return ffi::Error::InvalidArgument("group_norm: y is not x padded by `pad`");
   if (groups <= 0 || w->c % groups) return ffi::Error::InvalidArgument("group_norm: channels not in equal groups");
   if (scale.element_count() != w->c || bias.element_count() != w->c)
     return ffi::Error::InvalidArgument("group_norm: scale and bias need one value per channel");
-  if (w->images * w->pixels == 0) return ffi::Error::Success();
+  if (w->images * w->pixels == 0) {
+    std::fill(y->typed_data(), y->typed_data() + y->element_count(), 0.f);
+    return ffi::Error::Success();
+  }
   w->x = x.typed_data();
   w->scale = scale.typed_data();
   w->bias = bias.typed_data();
@@ -234,6 +258,7 @@ ffi::Error GroupNorm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   w->groups = groups;
   w->eps = eps;
   w->swish = swish;
+  w->pad = pad;
   w->parts = std::max<int64_t>(1, std::min({kParts, w->pixels, w->pixels * w->c / kPartElements}));
   w->sum.resize(w->count() * w->c);
   w->squares.resize(w->count() * w->c);
@@ -255,4 +280,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ddpm_jax_group_norm, GroupNorm,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("groups")
                                   .Attr<float>("eps")
-                                  .Attr<bool>("swish"));
+                                  .Attr<bool>("swish")
+                                  .Attr<int64_t>("pad"));

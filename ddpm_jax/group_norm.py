@@ -20,11 +20,11 @@ from .native import ready
 TARGET = "ddpm_jax_group_norm"
 
 
-def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps: float, swish: bool = False):
+def group_norm(x, scale, bias, groups: int, eps: float, swish: bool = False, pad: int = 0):
     """Flax's nn.GroupNorm(groups, eps, use_fast_variance=False) with params scale, bias (C,) on x
     (n, ..., C), op for op: statistics over each image's pixels and each group of C/groups channels
     in float32 (at least), (x - mean) * (rsqrt(var + eps) * scale) + bias; then y * sigmoid(y)
-    when `swish`."""
+    when `swish`; then, for x (n, H, W, C), `pad` zeros around H and W (a 3x3 conv's input)."""
     dtype = jnp.promote_types(x.dtype, jnp.float32)
     c, size = x.shape[-1], x.shape[-1] // groups
     h = x.astype(dtype).reshape(*x.shape[:-1], groups, size)
@@ -39,31 +39,36 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps
     mul = jax.lax.rsqrt(var + eps) * scale.reshape(shape)
     y = y * mul + bias.reshape(shape)
     y = y.astype(jnp.result_type(x, scale, bias))
-    return jax.nn.silu(y) if swish else y
+    y = jax.nn.silu(y) if swish else y
+    return jnp.pad(y, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else y
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
-def _native(x, scale, bias, groups, eps, swish):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6))
+def _native(x, scale, bias, groups, eps, swish, pad):
     n, c = x.shape[0], x.shape[-1]
-    flat = x.reshape(n, -1, c)  # the kernel's (images, pixels, channels)
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(flat.shape, jnp.float32), vmap_method="sequential")
+    images = x if x.ndim == 4 else x.reshape(n, -1, 1, c)  # the kernel's (n, H, W, C)
+    _, h, w, _ = images.shape
+    out = jax.ShapeDtypeStruct((n, h + 2 * pad, w + 2 * pad, c), jnp.float32)
+    call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
     y = jax.lax.platform_dependent(
-        flat,
+        images,
         scale,
         bias,
-        cpu=lambda f, s, b: call(f, s, b, groups=groups, eps=np.float32(eps), swish=swish),
-        default=lambda f, s, b: group_norm(f, s, b, groups, eps, swish),
+        cpu=lambda i, s, b: call(i, s, b, groups=groups, eps=np.float32(eps), swish=swish, pad=pad),
+        default=lambda i, s, b: group_norm(i, s, b, groups, eps, swish, pad),
     )
-    return y.reshape(x.shape)
+    return y if pad else y.reshape(x.shape)
 
 
 @_native.defjvp
-def _native_jvp(groups, eps, swish, primals, tangents):
-    return jax.jvp(lambda *a: group_norm(*a, groups, eps, swish), primals, tangents)
+def _native_jvp(groups, eps, swish, pad, primals, tangents):
+    return jax.jvp(lambda *a: group_norm(*a, groups, eps, swish, pad), primals, tangents)
 
 
-def fused(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps: float, swish: bool = False):
+def fused(x, scale, bias, groups: int, eps: float, swish: bool = False, pad: int = 0):
     """`group_norm`, in the CPU kernel where it is ready and x, scale and bias are float32."""
+    if pad and x.ndim != 4:
+        raise ValueError(f"pad needs x (n, H, W, C), got shape {x.shape}")
     if ready() and x.ndim >= 3 and x.dtype == scale.dtype == bias.dtype == jnp.float32:
-        return _native(x, scale, bias, groups, eps, swish)
-    return group_norm(x, scale, bias, groups, eps, swish)
+        return _native(x, scale, bias, groups, eps, swish, pad)
+    return group_norm(x, scale, bias, groups, eps, swish, pad)

@@ -154,11 +154,14 @@ class Ops:
             return arrays, arrays[0].dtype
         return [a.astype(self.dot_dtype) for a in arrays], jnp.float32
 
-    def conv3x3(self, x, kernel, bias, m: int, stride: int, padding):
-        """x (n, H, W, I) conv kernel + bias; kernel in F(m x m)'s layout when m > 0."""
+    def conv3x3(self, x, kernel, bias, m: int, stride: int, padding, padded: bool = False):
+        """x (n, H, W, I) conv kernel + bias; kernel in F(m x m)'s layout when m > 0. `padded`: x
+        is (n, H+2, W+2, I), the stride-1 conv's zero border already around it."""
+        if padded:
+            padding = ((0, 0), (0, 0))
         if m:  # the tile transforms stay in x's dtype; only the batched dot casts
             x, kernel = promote_dtype(x, kernel) if self.dot_dtype is None else (x, kernel)
-            y = winograd.conv(x, kernel, m, dot_dtype=self.dot_dtype)
+            y = winograd.conv(x, kernel, m, dot_dtype=self.dot_dtype, padded=padded)
         else:
             (x, kernel), out = self._operands(x, kernel)
             y = jax.lax.conv_general_dilated(
@@ -166,11 +169,19 @@ class Ops:
             )
         return y + bias.astype(y.dtype)
 
-    def group_norm(self, x, scale, bias, groups: int, eps: float, swish: bool):
-        """GroupNorm, then swish if asked (`group_norm.group_norm`): in ddpm_jax's CPU kernel on the
-        fast path (a Winograd table) once it is ready (`group_norm.fused`), else as Flax's ops."""
+    @property
+    def norm_pad(self) -> int:
+        """The zero border a GroupNorm before a 3x3 conv writes around its output, so the conv
+        takes its input padded: 1 on the fast path (the CPU kernel writes it in the same pass;
+        XLA fused the pad with its own GroupNorm), else 0."""
+        return 1 if self.winograd else 0
+
+    def group_norm(self, x, scale, bias, groups: int, eps: float, swish: bool, pad: int = 0):
+        """GroupNorm, then swish and a zero border if asked (`group_norm.group_norm`): in ddpm_jax's
+        CPU kernel on the fast path (a Winograd table) once it is ready (`group_norm.fused`), else
+        as Flax's ops."""
         norm = group_norm.fused if self.winograd else group_norm.group_norm
-        return norm(x, scale, bias, groups, eps, swish)
+        return norm(x, scale, bias, groups, eps, swish, pad)
 
     def dot_general(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
         """`lax.dot_general` for nn.Dense, in `dot_dtype` when there is one."""

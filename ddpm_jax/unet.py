@@ -55,20 +55,22 @@ class Dense(_Params, nn.Dense):
 
 class GroupNorm(_Params, nn.Module):
     """The release's `normalize` (GroupNorm, 32 groups, eps 1e-6; params `scale` and `bias` (C,)
-    as nn.GroupNorm's), then swish when `swish`, as `ops` computes them (`Ops.group_norm`)."""
+    as nn.GroupNorm's), then swish when `swish` and a zero border of `pad` pixels, as `ops`
+    computes them (`Ops.group_norm`)."""
 
     swish: bool = False
     ops: Ops = Ops()
+    pad: int = 0
 
     @nn.compact
     def __call__(self, x):
         scale = self.param("scale", nn.initializers.ones_init(), (x.shape[-1],))
         bias = self.param("bias", nn.initializers.zeros_init(), (x.shape[-1],))
-        return self.ops.group_norm(x, scale, bias, groups=32, eps=1e-6, swish=self.swish)
+        return self.ops.group_norm(x, scale, bias, groups=32, eps=1e-6, swish=self.swish, pad=self.pad)
 
 
-def _norm(name: str, ops: Ops, swish: bool = False) -> GroupNorm:
-    return GroupNorm(swish, ops, name=name)
+def _norm(name: str, ops: Ops, swish: bool = False, pad: int = 0) -> GroupNorm:
+    return GroupNorm(swish, ops, pad, name=name)
 
 
 class Conv3x3(_Params, nn.Module):
@@ -85,12 +87,15 @@ class Conv3x3(_Params, nn.Module):
     ops: Ops = Ops()
 
     @nn.compact
-    def __call__(self, x):
-        m = self.ops.winograd_tile(x.shape, self.features, self.stride)
+    def __call__(self, x, padded: bool = False):
+        """`padded`: x has its zero border already (a stride-1 conv's input, `Ops.norm_pad`)."""
+        n, h, w, c = x.shape
+        shape = (n, h - 2, w - 2, c) if padded else x.shape
+        m = self.ops.winograd_tile(shape, self.features, self.stride)
         kernel = self.param("kernel", self.ops.kernel_init(m), (3, 3, x.shape[-1], self.features))
         m = kernel.shape[0] - 2 if kernel.shape[0] != 3 else 0
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return self.ops.conv3x3(x, kernel, bias, m, self.stride, self.padding)
+        return self.ops.conv3x3(x, kernel, bias, m, self.stride, self.padding, padded)
 
 
 def _dense(features: int, name: str, ops: Ops) -> Dense:
@@ -104,11 +109,13 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, temb, train: bool):
-        h = Conv3x3(self.out_ch, ops=self.ops, name="conv1")(_norm("norm1", self.ops, swish=True)(x))
+        pad = self.ops.norm_pad
+        h = _norm("norm1", self.ops, swish=True, pad=pad)(x)
+        h = Conv3x3(self.out_ch, ops=self.ops, name="conv1")(h, padded=bool(pad))
         h = h + _dense(self.out_ch, "temb_proj", self.ops)(nn.swish(temb))[:, None, None, :]
-        h = _norm("norm2", self.ops, swish=True)(h)
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = Conv3x3(self.out_ch, ops=self.ops, name="conv2")(h)
+        h = _norm("norm2", self.ops, swish=True, pad=pad)(h)
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)  # keeps the border's zeros
+        h = Conv3x3(self.out_ch, ops=self.ops, name="conv2")(h, padded=bool(pad))
         if x.shape[-1] != self.out_ch:
             x = _dense(self.out_ch, "nin_shortcut", self.ops)(x)
         return x + h
@@ -240,8 +247,8 @@ class UNet(nn.Module):
         for i in reversed(range(len(cfg.ch_mult))):
             h = UpLevel(cfg, i, ops, name=f"up_{i}")(h, skips[-per_level:], temb, train)
             del skips[-per_level:]
-        h = _norm("norm_out", ops, swish=True)(h)
-        return Conv3x3(cfg.out_ch, ops=ops, name="conv_out")(h)
+        h = _norm("norm_out", ops, swish=True, pad=ops.norm_pad)(h)
+        return Conv3x3(cfg.out_ch, ops=ops, name="conv_out")(h, padded=bool(ops.norm_pad))
 
 
 def init_params(config: UNetConfig, key: jax.Array) -> dict:

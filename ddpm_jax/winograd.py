@@ -92,8 +92,9 @@ def _combine(rows, parts):
     return out
 
 
-def conv(x: jax.Array, u: jax.Array, m: int, *, dot_dtype=None) -> jax.Array:
-    """3x3 stride-1 "SAME" correlation of x (n, H, W, I) with U = `transform_kernel(g, m)`.
+def conv(x: jax.Array, u: jax.Array, m: int, *, dot_dtype=None, padded: bool = False) -> jax.Array:
+    """3x3 stride-1 "SAME" correlation of x (n, H, W, I) with U = `transform_kernel(g, m)`
+    (`padded`: x is (n, H+2, W+2, I), the input with its zero border already around it).
 
     H and W must be multiples of m. The transforms run in x's dtype and the
     (m+2)^2 matmuls as one `batched_matmul` (ddpm_jax's CPU kernel once it is
@@ -102,12 +103,14 @@ def conv(x: jax.Array, u: jax.Array, m: int, *, dot_dtype=None) -> jax.Array:
     (n, H, W, O) in x's dtype, no bias.
     """
     n, h, w, _ = x.shape
+    if padded:
+        h, w = h - 2, w - 2
     a = m + 2
     if h % m or w % m:
         raise ValueError(f"Winograd F({m}x{m}, 3x3) needs H and W divisible by {m}, got {h}x{w}")
     th, tw = h // m, w // m
     BT, AT = _matrix(m, "BT"), _matrix(m, "AT")
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    xp = x if padded else jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     # B^T d B, separably and for all tiles at once: column k of every tile is
     # a strided slice of the padded input; combine the columns (d B), stack
     # them, then the same over rows (B^T ...). Two a-way stacks keep the

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import group_norm, native
+from ddpm_jax import group_norm, native, winograd
 from ddpm_jax.config import UNetConfig
 from ddpm_jax.ops import CPU_WINOGRAD, Ops
 from ddpm_jax.unet import UNet, init_params
@@ -23,13 +23,14 @@ def _runs_the_kernel(f, *args) -> bool:
     return group_norm.TARGET in jax.jit(f).lower(*args).as_text()
 
 
-def _float64(x, scale, bias, groups, eps, swish):
+def _float64(x, scale, bias, groups, eps, swish, pad=0):
     x = np.asarray(x, np.float64)
     h = x.reshape(x.shape[0], -1, groups, x.shape[-1] // groups)
     mean = h.mean((1, 3), keepdims=True)
     var = ((h - mean) ** 2).mean((1, 3), keepdims=True)
     y = ((h - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
-    return y / (1 + np.exp(-y)) if swish else y
+    y = y / (1 + np.exp(-y)) if swish else y
+    return np.pad(y, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else y
 
 
 def _operands(seed, shape, offset=0.0, spread=1.0):
@@ -50,16 +51,24 @@ def _operands(seed, shape, offset=0.0, spread=1.0):
         ((4, 9, 96), 32, -5.0, 20.0),  # (n, pixels, C)
     ],
 )
-@pytest.mark.parametrize("swish", [False, True])
-def test_the_kernel_gives_a_float64_group_norm(shape, groups, offset, spread, swish):
+@pytest.mark.parametrize("swish, pad", [(False, 0), (True, 0), (True, 1), (False, 2)])
+def test_the_kernel_gives_a_float64_group_norm(shape, groups, offset, spread, swish, pad):
+    if pad and len(shape) != 4:
+        with pytest.raises(ValueError, match="pad needs x"):
+            group_norm.fused(*_operands(0, shape), groups, 1e-6, swish, pad)
+        return
     x, scale, bias = _operands(len(shape) + groups, shape, offset, spread)
-    f = jax.jit(lambda x, s, b: group_norm.fused(x, s, b, groups, 1e-6, swish))
+    f = jax.jit(lambda x, s, b: group_norm.fused(x, s, b, groups, 1e-6, swish, pad))
     assert _runs_the_kernel(f, x, scale, bias)
     got = np.asarray(f(x, scale, bias))
-    ref = _float64(x, scale, bias, groups, 1e-6, swish)
+    ref = _float64(x, scale, bias, groups, 1e-6, swish, pad)
     assert got.shape == ref.shape and got.dtype == np.float32
+    if pad:  # the border is zeros exactly
+        inner = np.zeros(got.shape, bool)
+        inner[:, pad:-pad, pad:-pad] = True
+        assert not got[~inner].any()
     # float32's x - mean loses what float32 cannot hold of a large offset, Flax's ops as much
-    flax = np.asarray(jax.jit(lambda x, s, b: group_norm.group_norm(x, s, b, groups, 1e-6, swish))(x, scale, bias))
+    flax = np.asarray(jax.jit(lambda x, s, b: group_norm.group_norm(x, s, b, groups, 1e-6, swish, pad))(x, scale, bias))
     err, flax_err = np.abs(got - ref).max(), np.abs(flax - ref).max()
     assert err <= max(3e-6 * max(1.0, np.abs(ref).max()), 2 * flax_err), (err, flax_err)
 
@@ -115,3 +124,17 @@ def test_only_the_fast_paths_unet_runs_it_and_both_agree():
     a = plain.apply({"params": params}, x, t)
     b = jax.jit(lambda p: fast.apply({"params": p}, x, t))(params)
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))
+
+
+@pytest.mark.parametrize("m", [0, 2, 4])  # XLA's conv, F(2x2), F(4x4)
+def test_a_conv_on_the_padded_output_is_the_conv_of_the_output(m):
+    x, scale, bias = _operands(5, (2, 8, 8, 64))
+    g = np.random.default_rng(6).standard_normal((3, 3, 64, 32)).astype(np.float32) / 24
+    ops, kernel = Ops(CPU_WINOGRAD), winograd.transform_kernel(g, m) if m else g
+    zero = np.zeros(32, np.float32)
+
+    def conv(pad):
+        y = group_norm.fused(x, scale, bias, 32, 1e-6, True, pad)
+        return ops.conv3x3(y, kernel, zero, m, 1, ((1, 1), (1, 1)), padded=bool(pad))
+
+    np.testing.assert_allclose(jax.jit(lambda: conv(1))(), jax.jit(lambda: conv(0))(), rtol=0, atol=1e-5)
