@@ -61,12 +61,13 @@ class GroupNorm(_Params, nn.Module):
     swish: bool = False
     ops: Ops = Ops()
     pad: int = 0
+    epsilon: float = 1e-6
 
     @nn.compact
     def __call__(self, x):
         scale = self.param("scale", nn.initializers.ones_init(), (x.shape[-1],))
         bias = self.param("bias", nn.initializers.zeros_init(), (x.shape[-1],))
-        return self.ops.group_norm(x, scale, bias, groups=32, eps=1e-6, swish=self.swish, pad=self.pad)
+        return self.ops.group_norm(x, scale, bias, groups=32, eps=self.epsilon, swish=self.swish, pad=self.pad)
 
 
 def _norm(name: str, ops: Ops, swish: bool = False, pad: int = 0) -> GroupNorm:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,7 +109,9 @@ def test_wrong_groupnorm_epsilon_shows_only_at_small_scale(tiny_case, monkeypatc
     """The 0.01-scale inputs are what catches eps = 1e-5 instead of the release's 1e-6."""
     _, params, x, t, ref64 = tiny_case
     monkeypatch.setattr(
-        unet_module, "_norm", lambda name: nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False, name=name)
+        unet_module,
+        "_norm",
+        lambda name, ops, swish=False, pad=0: unet_module.GroupNorm(swish, ops, pad, epsilon=1e-5, name=name),
     )
     err = max_err(our_eps(CONVERT_UNET, params, x, t), ref64)
     n = len(TIMESTEPS)
