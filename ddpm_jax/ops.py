@@ -171,9 +171,9 @@ class Ops:
 
     @property
     def norm_pad(self) -> int:
-        """The zero border a GroupNorm before a 3x3 conv writes around its output, so the conv
-        takes its input padded: 1 on the fast path (the CPU kernel writes it in the same pass;
-        XLA fused the pad with its own GroupNorm), else 0."""
+        """The zero border a GroupNorm before a Winograd conv writes around its output, so the
+        conv takes its input padded: 1 on the fast path (the CPU kernel writes it in the same
+        pass; XLA fused the pad with its own GroupNorm), else 0."""
         return 1 if self.winograd else 0
 
     def group_norm(self, x, scale, bias, groups: int, eps: float, swish: bool, pad: int = 0):

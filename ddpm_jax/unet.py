@@ -108,12 +108,19 @@ class ResnetBlock(nn.Module):
     dropout: float
     ops: Ops = Ops()
 
+    def _border(self, conv: str) -> int:
+        """`Ops.norm_pad` where conv `conv`'s kernel is laid out as Winograd (its run params), else
+        0: XLA's own convolution ran slower on a padded input than with its padding."""
+        kernel = self.variables.get("params", {}).get(conv, {}).get("kernel")
+        return self.ops.norm_pad if kernel is not None and kernel.shape[0] != 3 else 0
+
     @nn.compact
     def __call__(self, x, temb, train: bool):
-        pad = self.ops.norm_pad
+        pad = self._border("conv1")
         h = _norm("norm1", self.ops, swish=True, pad=pad)(x)
         h = Conv3x3(self.out_ch, ops=self.ops, name="conv1")(h, padded=bool(pad))
         h = h + _dense(self.out_ch, "temb_proj", self.ops)(nn.swish(temb))[:, None, None, :]
+        pad = self._border("conv2")
         h = _norm("norm2", self.ops, swish=True, pad=pad)(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)  # keeps the border's zeros
         h = Conv3x3(self.out_ch, ops=self.ops, name="conv2")(h, padded=bool(pad))
@@ -248,8 +255,8 @@ class UNet(nn.Module):
         for i in reversed(range(len(cfg.ch_mult))):
             h = UpLevel(cfg, i, ops, name=f"up_{i}")(h, skips[-per_level:], temb, train)
             del skips[-per_level:]
-        h = _norm("norm_out", ops, swish=True, pad=ops.norm_pad)(h)
-        return Conv3x3(cfg.out_ch, ops=ops, name="conv_out")(h, padded=bool(ops.norm_pad))
+        h = _norm("norm_out", ops, swish=True)(h)
+        return Conv3x3(cfg.out_ch, ops=ops, name="conv_out")(h)
 
 
 def init_params(config: UNetConfig, key: jax.Array) -> dict:

@@ -82,6 +82,14 @@ def test_conv_policy_times_each_conv_and_the_whole_step_under_two_tables_and_in_
     assert len(steps) == 1 and float(steps[0]) > 0, out
 
 
+def test_group_norm_bench_times_the_step_with_and_without_the_kernel():
+    out = bench("group_norm.py", "--preset", "digits", "--reps", "3")
+    gap = float(re.search(r"outputs within ([\d.e+-]+) of each other", out).group(1))
+    rows = dict(re.findall(r"^\s+(\w+)\s+([\d.]+) ms/step", out, re.M))
+    assert set(rows) == {"library", "no_border", "flax"} and all(float(v) > 0 for v in rows.values()), out
+    assert gap < 1e-4, out
+
+
 @pytest.mark.parametrize("torch", [pytest.param(False), pytest.param(True, marks=pytest.mark.slow)], ids=["", "torch"])
 def test_first_sample(tiny_path, torch):
     job = ["--n", 4] if torch else ["--steps", 8]  # 4 x all 10 steps: longer than a short job; 1 x 8: short
