@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -66,13 +67,29 @@ def library_path() -> Path:
 
 def build(path: Path, march: str = "native") -> None:
     """Compile SOURCES for the CPU `march` names (-march) into the shared library `path` (written
-    whole or not at all)."""
-    with atomic_path(path) as tmp:
-        cmd = [compiler(), "-O3", f"-march={march}", "-std=c++17", "-shared", "-fPIC", "-w"]
-        cmd += ["-I", jax.ffi.include_dir(), *map(str, SOURCES), "-o", str(tmp)]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if done.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr.strip()[-2000:]}")
+    whole or not at all): each source to an object at once (jaxlib's FFI headers take most of
+    each compile), then one link."""
+    with tempfile.TemporaryDirectory() as work, atomic_path(path) as tmp:
+        flags = ["-O3", f"-march={march}", "-std=c++17", "-fPIC", "-w", "-I", jax.ffi.include_dir()]
+        objects = [Path(work) / f"{s.stem}.o" for s in SOURCES]
+        compiles = [[compiler(), *flags, "-c", str(s), "-o", str(o)] for s, o in zip(SOURCES, objects)]
+        running = [subprocess.Popen(c, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) for c in compiles]
+        try:
+            for cmd, proc in zip(compiles, running):
+                stderr = proc.communicate(timeout=600)[1]
+                _check(cmd, proc.returncode, stderr)
+        finally:
+            for proc in running:
+                proc.kill()
+                proc.wait()
+        link = [compiler(), "-shared", *map(str, objects), "-o", str(tmp)]
+        done = subprocess.run(link, capture_output=True, text=True, timeout=600)
+        _check(link, done.returncode, done.stderr)
+
+
+def _check(cmd: list[str], returncode: int, stderr: str) -> None:
+    if returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr.strip()[-2000:]}")
 
 
 def prepare() -> bool:
