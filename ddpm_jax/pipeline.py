@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from . import cpu_flags, images, samplers
+from . import cpu_flags, images, native, samplers
 from .checks import check_int
 from .coefficients import Coefficients, make_coefficients
 from .config import DiffusionConfig, UNetConfig
@@ -312,8 +312,12 @@ class Diffusion:
     def _prepare(self, ops):
         """`params` as UNet(config, ops) runs them: Winograd kernels transformed and
         every leaf cast once for `precision`, replicated over the mesh if
-        there is one. Warns where a conv runs as Winograd without the CPU flags."""
+        there is one. Warns where a conv runs as Winograd without the CPU flags. On the fast
+        path, ddpm_jax's CPU kernels are made ready first, so every program of the model traces
+        on them (a model traced before another made them ready would trace again after)."""
         shapes = jax.tree.leaves(run_shapes(self.unet_config, ops))
+        if jax.default_backend() == "cpu" and ops.winograd:
+            native.prepare()  # its GroupNorm runs on the kernel whether or not a conv is Winograd
         if jax.default_backend() == "cpu" and any(len(s.shape) == 4 and s.shape[0] != 3 for s in shapes):
             cpu_flags.warn_if_missing(stacklevel=5)  # some conv runs as Winograd
         run = PRECISIONS[self.precision].cast(layout_params(self.unet_config, ops, self.params))
