@@ -1,4 +1,4 @@
-"""How the UNet computes its convolutions and matmuls: `Ops`, a static choice.
+"""How the UNet computes its convolutions, matmuls and GroupNorms: `Ops`, a static choice.
 
 The UNet's params are the same whatever `Ops` says (names, shapes, init), so
 training, checkpoints and the converters never see it. It only changes the
@@ -11,7 +11,9 @@ every conv and Dense kernel is stored in it.
 written. `CPU_WINOGRAD` is the table of the fast CPU path, `CPU_WINOGRAD_SMALL` that of
 its calls on one or two small images (see `bench/conv_policy.py` for the measurements
 behind them). Each conv runs as its run params are laid out: a (3, 3, I, O) kernel as XLA's
-convolution, an (m+2, m+2, I, O) one as F(m x m, 3x3).
+convolution, an (m+2, m+2, I, O) one as F(m x m, 3x3). On the fast path each GroupNorm (with
+its swish, and a Winograd conv's zero border) runs on ddpm_jax's CPU kernel once it is ready;
+elsewhere as Flax's ops (`group_norm`).
 """
 
 from __future__ import annotations
