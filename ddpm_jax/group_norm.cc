@@ -1,9 +1,10 @@
 // GroupNorm, then swish if asked, in float32 as an XLA FFI handler on the CPU (ddpm_jax/group_norm.py).
 //
 // x is (..., H, W, C): every leading index an image of H x W pixels, C its channels in `groups`
-// equal groups; y is (..., H + 2 pad, W + 2 pad, C), zero on its border (a 3x3 convolution's input). Per image and group: mean and variance over its pixels and channels (the variance of the
-// deviations, as Flax's use_fast_variance=False), y = (x - mean) / sqrt(var + eps) * scale + bias,
-// then y * sigmoid(y) if swish. XLA runs the same as three passes (statistics twice, then the
+// equal groups; y is (..., H + 2 pad, W + 2 pad, C), zero on its border (a 3x3 convolution's
+// input). Per image and group: mean and variance over its pixels and channels (the variance of
+// the deviations, as Flax's use_fast_variance=False), y = (x - mean) / sqrt(var + eps) * scale +
+// bias, then y * sigmoid(y) if swish. XLA runs the same as three passes (statistics twice, then the
 // normalisation fused with what follows), each on one core at batch 1; here the statistics take
 // one pass (sums of x - k and (x - k)^2, k each channel's first value, combined in double), and
 // the parts of each pass are shared between the calling thread and one task on XLA's intra-op
@@ -106,12 +107,12 @@ struct Work {
 
   // Pass 0 over one part: per channel, the sums of d = x - k and d^2, in float over kBlock pixels
   // at a time, then in double.
-  void sums(int64_t task) const {
+  void sums(int64_t task) {
     int64_t lo, end;
     bounds(task, &lo, &end);
     const float* k = origin(task / parts);
-    double* s1 = const_cast<double*>(sum.data()) + task * c;
-    double* s2 = const_cast<double*>(squares.data()) + task * c;
+    double* s1 = sum.data() + task * c;
+    double* s2 = squares.data() + task * c;
     std::fill(s1, s1 + c, 0.0);
     std::fill(s2, s2 + c, 0.0);
     for (int64_t p0 = lo; p0 < end; p0 += kBlock) {
