@@ -45,6 +45,7 @@ def _operands(seed, batch, m, k, n):
         ((1,), 1, 1, 1),
         ((5,), 4, 0, 64),  # nothing to sum: zeros
         ((4, 4), 64, 128, 16),
+        ((2,), 257, 150, 40),  # several row blocks (where the CPU's kernel blocks rows), then 1-5 rows
     ],
 )
 def test_the_kernel_gives_a_float64_matmuls_products(batch, m, k, n):
@@ -168,7 +169,7 @@ from ddpm_jax import batched_matmul, group_norm, native
 native.load(sys.argv[1])
 native._ready.append(True)
 rng = np.random.default_rng(0)
-for batch, m, k, n in [((36,), 16, 256, 256), ((2, 3), 13, 300, 70), ((16,), 64, 128, 40)]:
+for batch, m, k, n in [((36,), 16, 256, 256), ((2, 3), 13, 300, 70), ((16,), 64, 128, 40), ((2,), 257, 150, 40)]:
     a = rng.standard_normal((*batch, m, k)).astype(np.float32)
     b = rng.standard_normal((*batch, k, n)).astype(np.float32)
     f = jax.jit(batched_matmul.batched_matmul)

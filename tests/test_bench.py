@@ -82,12 +82,14 @@ def test_conv_policy_times_each_conv_and_the_whole_step_under_two_tables_and_in_
     assert len(steps) == 1 and float(steps[0]) > 0, out
 
 
-def test_group_norm_bench_times_the_step_with_and_without_the_kernel():
-    out = bench("group_norm.py", "--preset", "digits", "--reps", "3")
+def test_kernels_bench_times_the_step_with_and_without_each_kernel():
+    out = bench("kernels.py", "--preset", "digits", "--reps", "3")
     gap = float(re.search(r"outputs within ([\d.e+-]+) of each other", out).group(1))
     rows = dict(re.findall(r"^\s+(\w+)\s+([\d.]+) ms/step", out, re.M))
-    assert set(rows) == {"library", "no_border", "flax"} and all(float(v) > 0 for v in rows.values()), out
-    assert gap < 1e-4, out
+    assert set(rows) == {"library", "no_border", "flax", "xla_products"} and all(float(v) > 0 for v in rows.values()), (
+        out
+    )
+    assert gap < 1e-4 and "products on the kernel: none in this layout" in out, out  # digits: XLA's convs only
 
 
 @pytest.mark.parametrize("torch", [pytest.param(False), pytest.param(True, marks=pytest.mark.slow)], ids=["", "torch"])

@@ -1,14 +1,15 @@
-"""The UNet step with ddpm_jax's GroupNorm kernel against the same step without it.
+"""The UNet step on ddpm_jax's CPU kernels against the same step without each.
 
 Random weights of a preset's architecture (cifar10 by default), the fast CPU path's layout for
---batch (`Ops` as `Diffusion` picks it), three programs compiled in one process and run in turn
---reps times: the library's (GroupNorm, swish and the next conv's zero border in the kernel),
-`no_border` (the kernel, XLA pads the conv's input) and `flax` (Flax's GroupNorm ops, XLA's
-fusions). Prints the median ms per step of each and its ratio to the library's, and the largest
-gap between their outputs.
+--batch (`Ops` as `Diffusion` picks it), four programs compiled in one process and run in turn
+--reps times: the library's (Winograd's products on ddpm_jax/batched_matmul.cc; GroupNorm, swish
+and the next conv's zero border on ddpm_jax/group_norm.cc), `no_border` (XLA pads the conv's
+input), `flax` (Flax's GroupNorm ops, XLA's fusions) and `xla_products` (XLA's batched dot for
+the products). Prints the median ms per step of each and its ratio to the library's, and the
+largest gap between their outputs.
 
-    python bench/group_norm.py                 # cifar10 at batch 1, 40 rounds
-    python bench/group_norm.py --batch 8 --reps 10
+    python bench/kernels.py                 # cifar10 at batch 1, 40 rounds
+    python bench/kernels.py --batch 8 --reps 10
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from ddpm_jax import UNET_PRESETS, group_norm, native
+    from ddpm_jax import UNET_PRESETS, batched_matmul, group_norm, native
     from ddpm_jax.ops import Ops, choose_ops
     from ddpm_jax.run_layout import layout_params
     from ddpm_jax.unet import UNet, init_params
@@ -61,7 +62,12 @@ def main() -> None:
         programs["flax"] = compiled()
     finally:
         group_norm.fused, Ops.norm_pad = fused, norm_pad
-    assert group_norm.TARGET in programs["library"].as_text() and group_norm.TARGET not in programs["flax"].as_text()
+    with batched_matmul.xla_dot():
+        programs["xla_products"] = compiled()
+    text = {k: f.as_text() for k, f in programs.items()}
+    assert group_norm.TARGET in text["library"] and group_norm.TARGET not in text["flax"]
+    assert batched_matmul.TARGET not in text["xla_products"]
+    products = batched_matmul.TARGET in text["library"]  # none where every conv is XLA's (small maps)
 
     outs = {k: np.asarray(f(params, x, t)) for k, f in programs.items()}
     gap = max(float(np.abs(o - outs["library"]).max()) for o in outs.values())
@@ -72,9 +78,12 @@ def main() -> None:
             f(params, x, t).block_until_ready()
             times[k].append(time.perf_counter() - start)
     ms = {k: 1e3 * statistics.median(v[2:] or v) for k, v in times.items()}
-    print(f"{args.preset} batch {n}, {cpu_model()}, {args.reps} rounds; outputs within {gap:.1e} of each other")
+    print(
+        f"{args.preset} batch {n}, {cpu_model()}, {args.reps} rounds; outputs within {gap:.1e} of each other; "
+        f"Winograd's products on the kernel: {'yes' if products else 'none in this layout'}"
+    )
     for k, v in ms.items():
-        print(f"  {k:10s} {v:7.1f} ms/step   library / this: {ms['library'] / v:.3f}")
+        print(f"  {k:12s} {v:7.1f} ms/step   library / this: {ms['library'] / v:.3f}")
 
 
 if __name__ == "__main__":
