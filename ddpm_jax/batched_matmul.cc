@@ -5,16 +5,14 @@
 // rows (one image's tiles) on one core. Here the products are shared out between the calling
 // thread and tasks on XLA's own intra-op thread pool, each taking the next product from a
 // counter until none is left; each holds the product it takes next and prefetches its B while
-// it computes one. Built by ddpm_jax/batched_matmul.py with -march=native.
+// it computes one. Built by ddpm_jax/native.py with -march=native.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <thread>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "ffi_call.h"
 
 namespace {
 
@@ -141,29 +139,31 @@ struct Work {
   }
 };
 
-ffi::Error BatchedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
-                         ffi::ResultBuffer<ffi::F32> c) {
-  const auto da = a.dimensions(), db = b.dimensions();
-  const size_t rank = da.size();
-  if (rank < 2 || db.size() != rank) return ffi::Error::InvalidArgument("batched_matmul: operands of unequal rank");
+XLA_FFI_Error* BatchedMatmul(const ddpm_ffi::Call& call) {
+  const XLA_FFI_Buffer *a = call.arg(0), *b = call.arg(1), *c = call.ret(0);
+  if (!a || !b || !c) return call.error("batched_matmul: takes two float32 arrays and returns one");
+  const int64_t rank = a->rank;
+  if (rank < 2 || b->rank != rank || c->rank != rank)
+    return call.error("batched_matmul: operands of unequal rank");
+  const int64_t *da = a->dims, *db = b->dims;
   int64_t count = 1;
-  for (size_t i = 0; i + 2 < rank; ++i) {
-    if (da[i] != db[i]) return ffi::Error::InvalidArgument("batched_matmul: unequal batch dimensions");
+  for (int64_t i = 0; i + 2 < rank; ++i) {
+    if (da[i] != db[i]) return call.error("batched_matmul: unequal batch dimensions");
     count *= da[i];
   }
-  if (da[rank - 1] != db[rank - 2]) return ffi::Error::InvalidArgument("batched_matmul: inner dimensions differ");
+  if (da[rank - 1] != db[rank - 2]) return call.error("batched_matmul: inner dimensions differ");
   auto work = std::make_shared<Work>();
-  work->a = a.typed_data();
-  work->b = b.typed_data();
-  work->c = c->typed_data();
+  work->a = (const float*)a->data;
+  work->b = (const float*)b->data;
+  work->c = (float*)c->data;
   work->count = count;
   work->m = da[rank - 2];
   work->k = da[rank - 1];
   work->n = db[rank - 1];
   // A call of little work (a tiny model's) runs on the calling thread: waking another costs more.
   const bool small = count * work->m * work->k * work->n < kSmallCall;
-  const int64_t helpers = small ? 0 : std::min<int64_t>(pool.num_threads(), count) - 1;
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work] { work->take(); });
+  const int64_t helpers = small ? 0 : std::min<int64_t>(call.threads(), count) - 1;
+  for (int64_t h = 0; h < helpers; ++h) call.share(work, &Work::take);
   work->take();
   // Every product is taken; wait for those another thread is still computing.
   while (work->finished.load(std::memory_order_acquire) < count) {
@@ -173,14 +173,11 @@ ffi::Error BatchedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buf
     std::this_thread::yield();
 #endif
   }
-  return ffi::Error::Success();
+  return nullptr;
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ddpm_jax_batched_matmul, BatchedMatmul,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+extern "C" XLA_FFI_Error* ddpm_jax_batched_matmul(XLA_FFI_CallFrame* frame) {
+  return ddpm_ffi::handle(frame, BatchedMatmul);
+}

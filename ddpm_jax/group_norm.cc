@@ -17,12 +17,10 @@
 #include <thread>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "ffi_call.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
-
-namespace ffi = xla::ffi;
 
 namespace {
 
@@ -229,33 +227,39 @@ struct Work {
   }
 };
 
-ffi::Error GroupNorm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
-                     ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t groups, float eps,
-                     bool swish, int64_t pad) {
-  const auto d = x.dimensions();
-  const size_t rank = d.size();
-  if (rank < 3) return ffi::Error::InvalidArgument("group_norm: x needs height, width and channel axes");
+XLA_FFI_Error* GroupNorm(const ddpm_ffi::Call& call) {
+  const XLA_FFI_Buffer *x = call.arg(0), *scale = call.arg(1), *bias = call.arg(2), *y = call.ret(0);
+  if (!x || !scale || !bias || !y) return call.error("group_norm: takes three float32 arrays and returns one");
+  int64_t groups, pad;
+  float eps;
+  bool swish;
+  if (!call.attr("groups", XLA_FFI_DataType_S64, &groups) || !call.attr("eps", XLA_FFI_DataType_F32, &eps) ||
+      !call.attr("swish", XLA_FFI_DataType_PRED, &swish) || !call.attr("pad", XLA_FFI_DataType_S64, &pad))
+    return call.error("group_norm: needs the attributes groups (int64), eps (float32), swish (bool) and pad (int64)");
+  const int64_t rank = x->rank;
+  if (rank < 3) return call.error("group_norm: x needs height, width and channel axes");
+  const int64_t *d = x->dims, *dy = y->dims;
   auto w = std::make_shared<Work>();
   w->c = d[rank - 1];
   w->width = d[rank - 2];
   w->height = d[rank - 3];
   w->pixels = w->height * w->width;
   w->images = 1;
-  for (size_t i = 0; i + 3 < rank; ++i) w->images *= d[i];
-  const auto dy = y->dimensions();
-  if (pad < 0 || dy[rank - 3] != w->height + 2 * pad || dy[rank - 2] != w->width + 2 * pad)
-    return ffi::Error::InvalidArgument("group_norm: y is not x padded by `pad`");
-  if (groups <= 0 || w->c % groups) return ffi::Error::InvalidArgument("group_norm: channels not in equal groups");
-  if (scale.element_count() != w->c || bias.element_count() != w->c)
-    return ffi::Error::InvalidArgument("group_norm: scale and bias need one value per channel");
+  for (int64_t i = 0; i + 3 < rank; ++i) w->images *= d[i];
+  if (pad < 0 || y->rank != rank || dy[rank - 3] != w->height + 2 * pad || dy[rank - 2] != w->width + 2 * pad)
+    return call.error("group_norm: y is not x padded by `pad`");
+  if (groups <= 0 || w->c % groups) return call.error("group_norm: channels not in equal groups");
+  if (ddpm_ffi::elements(scale) != w->c || ddpm_ffi::elements(bias) != w->c)
+    return call.error("group_norm: scale and bias need one value per channel");
+  float* out = (float*)y->data;
   if (w->images * w->pixels == 0) {
-    std::fill(y->typed_data(), y->typed_data() + y->element_count(), 0.f);
-    return ffi::Error::Success();
+    std::fill(out, out + ddpm_ffi::elements(y), 0.f);
+    return nullptr;
   }
-  w->x = x.typed_data();
-  w->scale = scale.typed_data();
-  w->bias = bias.typed_data();
-  w->y = y->typed_data();
+  w->x = (const float*)x->data;
+  w->scale = (const float*)scale->data;
+  w->bias = (const float*)bias->data;
+  w->y = out;
   w->groups = groups;
   w->eps = eps;
   w->swish = swish;
@@ -264,22 +268,14 @@ ffi::Error GroupNorm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   w->sum.resize(w->count() * w->c);
   w->squares.resize(w->count() * w->c);
   // A call of one part (a small map) runs on the calling thread: waking another costs more.
-  if (w->count() > 1 && pool.num_threads() > 1) pool.Schedule([w] { w->run(); });
+  if (w->count() > 1 && call.threads() > 1) call.share(w, &Work::run);
   w->run();
   w->wait(1);
-  return ffi::Error::Success();
+  return nullptr;
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ddpm_jax_group_norm, GroupNorm,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("groups")
-                                  .Attr<float>("eps")
-                                  .Attr<bool>("swish")
-                                  .Attr<int64_t>("pad"));
+extern "C" XLA_FFI_Error* ddpm_jax_group_norm(XLA_FFI_CallFrame* frame) {
+  return ddpm_ffi::handle(frame, GroupNorm);
+}

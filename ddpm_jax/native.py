@@ -1,9 +1,10 @@
 """ddpm_jax's CPU kernels: one shared library of XLA FFI custom calls, built on first use.
 
 `SOURCES` are the C++ files (`batched_matmul.cc`: Winograd's products across threads;
-`group_norm.cc`: GroupNorm and swish in one pass over the statistics). `prepare()` compiles them
-with the system's C++ compiler (`$CXX`, else `c++`; `-O3 -march=native` against jaxlib's FFI
-headers) into `<cache>/native/`, once per sources, jaxlib, compiler and CPU (2-3 s), loads the
+`group_norm.cc`: GroupNorm and swish in one pass over the statistics), each bound to XLA through
+`ffi_call.h` (XLA's FFI C API alone). `prepare()` compiles them with the system's C++ compiler
+(`$CXX`, else `c++`; `-O3 -march=native` against jaxlib's FFI C header) into `<cache>/native/`,
+once per sources, jaxlib, compiler and CPU (about 1 s), loads the
 library and registers every handler in `TARGETS` with XLA. Until it is ready (another platform,
 `DDPM_JAX_NATIVE=0`, or no compiler: a warning says why), each op runs its XLA equivalent, which
 gives the same results to float32 rounding.
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 SOURCES = (HERE / "batched_matmul.cc", HERE / "group_norm.cc")
+HEADERS = (HERE / "ffi_call.h",)  # included by SOURCES
 TARGETS = ("ddpm_jax_batched_matmul", "ddpm_jax_group_norm")
 _lock = threading.Lock()
 _ready: list[bool] = []  # [outcome of the first prepare()]
@@ -59,7 +61,7 @@ def library_path() -> Path:
     """Where the library built for these sources, jaxlib, compiler and CPU lives."""
     from .download import cache_dir
 
-    parts = [s.read_bytes() for s in SOURCES]
+    parts = [s.read_bytes() for s in SOURCES + HEADERS]
     parts += [importlib.metadata.version("jaxlib").encode(), compiler().encode(), _cpu_identity().encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()
     return cache_dir() / "native" / f"kernels-{key[:16]}.so"
@@ -67,8 +69,7 @@ def library_path() -> Path:
 
 def build(path: Path, march: str = "native") -> None:
     """Compile SOURCES for the CPU `march` names (-march) into the shared library `path` (written
-    whole or not at all): each source to an object at once (jaxlib's FFI headers take most of
-    each compile), then one link."""
+    whole or not at all): each source to an object at once, then one link."""
     with tempfile.TemporaryDirectory() as work, atomic_path(path) as tmp:
         flags = ["-O3", f"-march={march}", "-std=c++17", "-fPIC", "-w", "-I", jax.ffi.include_dir()]
         objects = [Path(work) / f"{s.stem}.o" for s in SOURCES]

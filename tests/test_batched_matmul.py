@@ -2,6 +2,7 @@
 run where XLA's batched dot ran with the same products (across threads, under jit, vmap and
 grad), and XLA's batched dot where it is turned off or cannot be built."""
 
+import functools
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import batched_matmul, native, winograd
+from ddpm_jax import batched_matmul, group_norm, native, winograd
 from ddpm_jax.batched_matmul import TARGET
 
 from .test_fast_path import direct_conv_f64
@@ -207,3 +208,32 @@ def test_an_unwritable_cache_is_said_and_xlas_dot_runs(tmp_path):
     blocker.write_text("")
     got, log = _probe(tmp_path, DDPM_JAX_CACHE=str(blocker))
     assert not got["ready"] and not got["kernel"] and "not available" in log and "Not a directory" in log
+
+
+def test_a_call_the_kernels_cannot_take_says_what_was_wrong():
+    # The handlers read XLA's call frame themselves (ddpm_jax/ffi_call.h): a call past the Python
+    # wrappers' checks gets XLA's error with the kernel's reason, not a crash.
+    assert native.prepare()
+    f32 = np.float32
+    bad = [
+        (TARGET, (2, 3, 5), [np.ones((2, 3, 4), f32), np.ones((2, 5, 5), f32)], {}, "inner dimensions differ"),
+        (TARGET, (2, 3, 5), [np.ones((2, 3, 4), np.int32), np.ones((2, 4, 5), f32)], {}, "float32 arrays"),
+        (
+            group_norm.TARGET,
+            (1, 4, 4, 6),
+            [np.ones((1, 4, 4, 6), f32), np.ones(6, f32), np.ones(6, f32)],
+            {"groups": 4, "eps": f32(1e-6), "swish": True, "pad": 0},
+            "equal groups",
+        ),
+        (
+            group_norm.TARGET,
+            (1, 4, 4, 6),
+            [np.ones((1, 4, 4, 6), f32), np.ones(6, f32), np.ones(6, f32)],
+            {"groups": 2, "swish": True, "pad": 0},
+            "needs the attributes",
+        ),
+    ]
+    for target, shape, args, attrs, reason in bad:
+        call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32))
+        with pytest.raises(Exception, match=reason):
+            jax.block_until_ready(jax.jit(functools.partial(call, **attrs))(*args))
