@@ -4,7 +4,7 @@
 `group_norm.cc`: GroupNorm and swish in one pass over the statistics), each bound to XLA through
 `ffi_call.h` (XLA's FFI C API alone). `prepare()` compiles them with the system's C++ compiler
 (`$CXX`, else `c++`; `-O3 -march=native` against jaxlib's FFI C header) into `<cache>/native/`,
-once per sources, jaxlib, compiler and CPU (about 1 s), loads the
+once per sources, jaxlib, compiler and CPU (about 1.5 s), loads the
 library and registers every handler in `TARGETS` with XLA. Until it is ready (another platform,
 `DDPM_JAX_NATIVE=0`, or no compiler: a warning says why), each op runs its XLA equivalent, which
 gives the same results to float32 rounding.
